@@ -1,0 +1,26 @@
+"""Build the tfshard extension: Cython over the plain-C format core in csrc/."""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# No -march=native or global SIMD flags: wheels must run on any x86-64/arm64.
+# TFSHARD_SANITIZE=1 builds with AddressSanitizer + UBSan for the fuzz/corruption runs.
+extra_compile = ["-O2"] if os.name != "nt" else []
+extra_link = []
+if os.environ.get("TFSHARD_SANITIZE"):
+    extra_compile += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
+    extra_link += ["-fsanitize=address,undefined"]
+
+extensions = [
+    Extension(
+        "tfshard._native",
+        sources=["tfshard/_native.pyx", "csrc/tfs_format.c"],
+        include_dirs=["csrc"],
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+    )
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3))

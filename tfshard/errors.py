@@ -1,0 +1,67 @@
+"""The tfshard exception hierarchy.
+
+Every error tfshard raises on purpose derives from :class:`TFShardError` and
+from the built-in exception a caller would naturally catch: a missing tensor
+is a ``KeyError``, a missing file a ``FileNotFoundError``, corrupt bytes a
+``ValueError``.  Each carries ``path``, ``key`` and ``offset`` where known.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TFShardError",
+    "CheckpointNotFoundError",
+    "TensorNotFoundError",
+    "CorruptCheckpointError",
+    "ChecksumMismatchError",
+    "IncompatibleVersionError",
+    "UnsupportedError",
+]
+
+
+class TFShardError(Exception):
+    """Base class of every error raised by tfshard.
+
+    Attributes
+    ----------
+    path : str or None
+        The file involved, when known.
+    key : str or None
+        The tensor name (or index key) involved, when known.
+    offset : int or None
+        Byte offset in ``path`` where the problem was found, when known.
+    """
+
+    def __init__(self, message: str, *, path=None, key=None, offset=None):
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.key = key
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(TFShardError, FileNotFoundError):
+    """A checkpoint, its index or one of its data shards does not exist."""
+
+
+class TensorNotFoundError(TFShardError, KeyError):
+    """The checkpoint holds no tensor of the requested name."""
+
+
+class CorruptCheckpointError(TFShardError, ValueError):
+    """The bytes on disk do not follow the checkpoint format."""
+
+
+class ChecksumMismatchError(CorruptCheckpointError):
+    """A stored CRC-32C does not match the bytes it covers."""
+
+
+class IncompatibleVersionError(TFShardError, ValueError):
+    """The checkpoint's version record says this reader must not read it."""
+
+
+class UnsupportedError(TFShardError, ValueError):
+    """Valid input that tfshard does not handle (e.g. an unknown dtype code)."""

@@ -1,0 +1,606 @@
+"""Reading TensorFlow V2 checkpoints: :class:`Checkpoint` and helpers.
+
+The index is decoded once at open time (in C); data shards are memory-mapped
+on first use, and tensors are handed out as read-only numpy views of the maps
+wherever the stored bytes are already in numpy's layout.
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _native, dtypes
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    IncompatibleVersionError,
+    TensorNotFoundError,
+    UnsupportedError,
+)
+from .paths import data_filename, index_filename, resolve_prefix
+
+__all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
+
+# Version of the bundle format this reader implements (TF's kTensorBundleVersion
+# consumer and kTensorBundleMinProducer).
+_CONSUMER_VERSION = 1
+_MIN_PRODUCER = 0
+
+
+class TensorInfo(NamedTuple):
+    """Metadata of one tensor, as recorded in the index.
+
+    Attributes
+    ----------
+    name : str
+    dtype : str
+        TensorFlow's dtype name (``"float32"``, ``"bfloat16"``, ``"string"``...).
+    shape : tuple of int
+        The full shape (for a partitioned tensor, the assembled shape).
+    nbytes : int
+        Bytes the tensor occupies in the data files (all slices together).
+    shard : int or None
+        Data shard holding the bytes (None for a partitioned tensor).
+    offset : int or None
+        Byte offset in that shard (None for a partitioned tensor).
+    slices : tuple
+        For a partitioned tensor, one tuple per stored slice of
+        ``(start, length)`` pairs per dimension (``length == -1``: the whole
+        dimension).  Empty for ordinary tensors.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple
+    nbytes: int
+    shard: int | None
+    offset: int | None
+    slices: tuple = ()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: dtypes.DType
+    shape: tuple
+    shard_id: int
+    offset: int
+    size: int
+    crc: int | None
+    num_slices: int
+
+
+class _Shard:
+    __slots__ = ("path", "file", "buffer", "size")
+
+    def __init__(self, path, file, buffer, size):
+        self.path, self.file, self.buffer, self.size = path, file, buffer, size
+
+
+def _read_index(path: str) -> bytes:
+    try:
+        with builtins.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"index file {path} does not exist", path=path) from None
+    except IsADirectoryError:
+        raise CheckpointNotFoundError(f"{path} is a directory, not an index file",
+                                      path=path) from None
+
+
+def _normalize_rows(index, dim0: int):
+    """For ``index`` selecting along axis 0 by a unit-step slice or an int,
+    return ``(start, stop, rest)`` such that ``full[index] ==
+    full[start:stop][rest]``; otherwise None."""
+    first, tail = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
+    if isinstance(first, slice) and first.step in (None, 1):
+        start, stop, _ = first.indices(dim0)
+        return start, max(start, stop), (slice(None),) + tail
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        i = int(first)
+        if i < 0:
+            i += dim0
+        if not 0 <= i < dim0:
+            raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {dim0}")
+        return i, i + 1, (0,) + tail
+    return None
+
+
+class Checkpoint(Mapping):
+    """A TensorFlow V2 checkpoint opened for reading.
+
+    A read-only ``Mapping[str, numpy.ndarray]``: keys are the tensor names
+    ``tf.train.list_variables`` reports; values are numpy arrays with TF's
+    dtype and shape.  Use :func:`tfshard.open` to create one.
+
+    Arrays of fixed-size dtypes are read-only zero-copy views of the memory-
+    mapped data shard, except where the bytes need converting (big-endian
+    bundles, sub-byte types, partitioned tensors), which get a copy.  Strings
+    come back as object arrays of ``bytes``.  Views stay valid after
+    :meth:`close`: each keeps its mapping alive.
+
+    Checksums: with ``verify=True`` (the default) every whole-tensor read
+    checks the tensor's CRC-32C the first time that tensor is read through
+    this object; later reads of the same tensor reuse the result.  A row-range
+    read (:meth:`read` with ``index``) touches only the selected rows and so
+    does not check the CRC unless asked to with ``verify=True``, which checks
+    the whole tensor once.
+    """
+
+    def __init__(self, path, *, verify: bool = True):
+        self.prefix = resolve_prefix(path)
+        self.verify = bool(verify)
+        self.index_path = index_filename(self.prefix)
+        self._table = _native.IndexTable(_read_index(self.index_path), self.index_path)
+        header = self._table.header()
+        self._check_header(header)
+        self.num_shards = header["num_shards"]
+        # Data bytes are little-endian unless the header says BIG (1).
+        self.big_endian = header["endianness"] == 1
+        self._swap = self.big_endian != (sys.byteorder == "big")
+        self._shards: dict[int, _Shard] = {}
+        self._verified: set[int] = set()
+        self._lock = threading.Lock()
+        self._names: list[str] | None = None
+        self._closed = False
+
+    def _check_header(self, h):
+        path = self.index_path
+        if h["producer"] < _MIN_PRODUCER:
+            raise IncompatibleVersionError(
+                f"{path}: checkpoint producer version {h['producer']} is below the minimum "
+                f"{_MIN_PRODUCER} this reader supports", path=path)
+        if h["min_consumer"] > _CONSUMER_VERSION:
+            raise IncompatibleVersionError(
+                f"{path}: checkpoint needs a reader of version {h['min_consumer']} or newer; "
+                f"tfshard implements version {_CONSUMER_VERSION}", path=path)
+        if h["bad_consumer_1"]:
+            raise IncompatibleVersionError(
+                f"{path}: checkpoint disallows readers of version {_CONSUMER_VERSION}", path=path)
+        if h["num_shards"] < 1:
+            raise CorruptCheckpointError(
+                f"{path}: the bundle header says {h['num_shards']} data shards; expected at "
+                f"least 1", path=path, key="")
+        if h["endianness"] not in (0, 1):
+            raise CorruptCheckpointError(
+                f"{path}: the bundle header has endianness {h['endianness']}; expected 0 "
+                f"(little) or 1 (big)", path=path, key="")
+
+    # ---- Mapping --------------------------------------------------------
+
+    def _all_names(self) -> list[str]:
+        if self._names is None:
+            self._names = self._table.visible_names()
+        return self._names
+
+    def __iter__(self):
+        return iter(self._all_names())
+
+    def __len__(self) -> int:
+        return self._table.visible_count
+
+    def __contains__(self, name) -> bool:
+        if not isinstance(name, str):
+            return False
+        i = self._table.find(_encode(name))
+        return i >= 0 and not self._table.is_hidden(i)
+
+    def __getitem__(self, name) -> np.ndarray:
+        return self.read(name)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} tensors"
+        return f"<tfshard.Checkpoint {self.prefix!r}: {state}>"
+
+    # ---- lookups ---------------------------------------------------------
+
+    def _record(self, name) -> int:
+        if not isinstance(name, str):
+            raise TensorNotFoundError(
+                f"tensor names are str, got {type(name).__name__} {name!r}", path=self.prefix,
+                key=name)
+        i = self._table.find(_encode(name))
+        if i < 0 or self._table.is_hidden(i):
+            close = difflib.get_close_matches(name, self._all_names(), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise TensorNotFoundError(
+                f"tensor {name!r} not found in checkpoint {self.prefix} "
+                f"({len(self)} tensors){hint}", path=self.prefix, key=name)
+        return i
+
+    def _entry(self, i: int, name: str) -> _Entry:
+        code, shape, shard, offset, size, crc, nslices, _unknown_rank = self._table.entry(i)
+        try:
+            dt = dtypes.by_code(code)
+        except KeyError:
+            raise UnsupportedError(
+                f"{self.index_path}: tensor {name!r} has dtype {dtypes.describe_code(code)}, "
+                f"which a checkpoint cannot hold", path=self.index_path, key=name) from None
+        if nslices == 0:
+            problem = None
+            if not 0 <= shard < self.num_shards:
+                problem = f"data shard {shard}, but the checkpoint has {self.num_shards}"
+            elif offset < 0 or size < 0:
+                problem = f"offset {offset} and size {size}"
+            elif dt.itemsize and size != dt.itemsize * _prod(shape):
+                problem = (f"{size} bytes, but {dt.name} {list(shape)} needs "
+                           f"{dt.itemsize * _prod(shape)}")
+            if problem:
+                raise CorruptCheckpointError(
+                    f"{self.index_path}: the index entry of tensor {name!r} records {problem}",
+                    path=self.index_path, key=name)
+        return _Entry(dt, shape, shard, offset, size, crc, nslices)
+
+    def infos(self) -> list:
+        """:class:`TensorInfo` of every tensor, sorted by name, from one pass over the index.
+
+        Raises
+        ------
+        CorruptCheckpointError
+            If an index entry is malformed.
+        UnsupportedError
+            If an entry has a dtype code no checkpoint can hold.
+        """
+        self._check_open()
+        out = []
+        for name, code, shape, shard, offset, size, nslices in self._table.list_entries():
+            if nslices:
+                out.append(self.info(name))
+                continue
+            try:
+                dtype = dtypes.by_code(code).name
+            except KeyError:
+                self._entry(self._record(name), name)  # raises the precise error
+            out.append(TensorInfo(name, dtype, tuple(shape), size, shard, offset))
+        return out
+
+    def info(self, name: str) -> TensorInfo:
+        """Metadata of tensor ``name`` without reading its data.
+
+        Raises
+        ------
+        TensorNotFoundError
+            If there is no such tensor.
+        CorruptCheckpointError
+            If its index entry is malformed.
+        """
+        self._check_open()
+        i = self._record(name)
+        e = self._entry(i, name)
+        if e.num_slices:
+            slices = tuple(self._table.slices(i))
+            nbytes = sum(self._slice_entry(name, e, s)[1].size for s in slices)
+            return TensorInfo(name, e.dtype.name, e.shape, nbytes, None, None, slices)
+        return TensorInfo(name, e.dtype.name, e.shape, e.size, e.shard_id, e.offset)
+
+    # ---- data access ----------------------------------------------------
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"checkpoint {self.prefix} is closed")
+
+    def _shard(self, shard_id: int) -> _Shard:
+        with self._lock:
+            self._check_open()
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                path = data_filename(self.prefix, shard_id, self.num_shards)
+                try:
+                    f = builtins.open(path, "rb")
+                except FileNotFoundError:
+                    raise CheckpointNotFoundError(
+                        f"data shard {path} is missing (the index {self.index_path} says the "
+                        f"checkpoint has {self.num_shards} shard(s))", path=path) from None
+                size = os.fstat(f.fileno()).st_size
+                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
+            return shard
+
+    def _data(self, e: _Entry, name: str):
+        """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist."""
+        shard = self._shard(e.shard_id)
+        # Re-check the file size: a data file truncated after it was mapped
+        # would otherwise fault (SIGBUS) when a view is read.
+        current = os.fstat(shard.file.fileno()).st_size
+        end = e.offset + e.size
+        if end > min(current, shard.size):
+            raise CorruptCheckpointError(
+                f"{shard.path} is {min(current, shard.size)} bytes, but tensor {name!r} needs bytes "
+                f"[{e.offset}, {end}) (the data file is truncated or from another save)",
+                path=shard.path, key=name, offset=e.offset)
+        return shard.buffer, shard
+
+    def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None):
+        count = _prod(e.shape)
+        dt = e.dtype
+        if count == 0 and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
+            out = np.empty(e.shape, dtype=dt.numpy)
+            out.flags.writeable = False
+            return out if index is None else out[index]
+        buf, shard = self._data(e, name)
+        raw = memoryview(buf)[e.offset:e.offset + e.size]
+        verify = verify and i not in self._verified
+        if verify and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
+            _native.check_crc(raw, e.crc, shard.path, name, e.offset)
+        if dt.kind == dtypes.STRING:
+            flat = _native.decode_strings(raw, count, self.big_endian, e.crc, verify,
+                                          shard.path, name, e.offset)
+            arr = flat.reshape(e.shape)
+        elif dt.kind == dtypes.VARIANT:
+            if self._swap:
+                raise UnsupportedError(
+                    f"tensor {name!r} is a variant tensor in a big-endian bundle; byte-swapping "
+                    f"variants is not possible without TensorFlow's type registry",
+                    path=shard.path, key=name)
+            flat = _native.decode_variants(raw, count, e.crc, verify, shard.path, name, e.offset)
+            arr = flat.reshape(e.shape)
+        else:
+            arr = self._fixed(buf, e, count, index)
+            index = None
+        if verify:
+            with self._lock:
+                self._verified.add(i)
+        return arr if index is None else arr[index]
+
+    def _fixed(self, buf, e: _Entry, count: int, index):
+        dt = e.dtype
+        if dt.kind == dtypes.SUBBYTE:
+            raw = np.frombuffer(buf, np.uint8, count, e.offset).reshape(e.shape)
+            if index is not None:
+                raw = raw[index]
+            # TF writes the value in the low bits; ml_dtypes uses the same layout.
+            return np.asarray(raw & np.uint8((1 << dt.bits) - 1)).view(dt.numpy)
+        if self._swap and dt.swap:
+            # Standard numpy types swap by byte order; ml_dtypes ones via uintN.
+            stored = (dt.numpy.newbyteorder(">" if self.big_endian else "<")
+                      if dt.numpy.kind in "biufc" else
+                      np.dtype(f"{'>' if self.big_endian else '<'}u{dt.swap}"))
+            raw = np.frombuffer(buf, stored, count, e.offset).reshape(e.shape)
+            if index is not None:
+                raw = raw[index]
+            return np.asarray(raw.astype(stored.newbyteorder("="))).view(dt.numpy)
+        arr = np.frombuffer(buf, dt.numpy, count, e.offset).reshape(e.shape)
+        return arr if index is None else arr[index]
+
+    def _slice_entry(self, name: str, full: _Entry, extents):
+        """(record, entry) of one stored slice, checked against the full tensor."""
+        where = f"{self.index_path}: tensor {name!r}"
+        if len(extents) != len(full.shape):
+            raise CorruptCheckpointError(
+                f"{where} has a slice of rank {len(extents)} but shape {list(full.shape)}",
+                path=self.index_path, key=name)
+        bounds = []
+        for (start, length), dim in zip(extents, full.shape):
+            stop = dim if length < 0 else start + length
+            if length >= 0 and not 0 <= start <= stop <= dim:
+                raise CorruptCheckpointError(
+                    f"{where} has a slice {_spec(extents)} outside its shape {list(full.shape)}",
+                    path=self.index_path, key=name)
+            bounds.append((0 if length < 0 else start, stop))
+        key = _native.slice_key(_encode(name), extents)
+        j = self._table.find(key)
+        if j < 0:
+            raise CorruptCheckpointError(
+                f"{where}: the data entry of slice {_spec(extents)} is missing from the index",
+                path=self.index_path, key=name)
+        e = self._entry(j, name)
+        expect = tuple(hi - lo for lo, hi in bounds)
+        if e.num_slices or e.dtype != full.dtype or e.shape != expect:
+            raise CorruptCheckpointError(
+                f"{where}: slice {_spec(extents)} is stored as {e.dtype.name} {list(e.shape)}; "
+                f"expected {full.dtype.name} {list(expect)}", path=self.index_path, key=name)
+        return j, e, bounds
+
+    def _read_partitioned(self, i: int, name: str, full: _Entry, verify: bool, rows=None):
+        shape = full.shape
+        lo = [0] * len(shape)
+        hi = list(shape)
+        if rows is not None:
+            lo[0], hi[0] = rows
+        parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
+        # Stored slices must not overlap, and together must cover the request.
+        for a in range(len(parts)):
+            for b in range(a + 1, len(parts)):
+                if _intersect(parts[a][2], parts[b][2]) is not None:
+                    raise CorruptCheckpointError(
+                        f"{self.index_path}: tensor {name!r} has overlapping slices "
+                        f"{_bounds_spec(parts[a][2])} and {_bounds_spec(parts[b][2])}",
+                        path=self.index_path, key=name)
+        region = list(zip(lo, hi))
+        pieces = []
+        for j, e, bounds in parts:
+            inter = _intersect(bounds, region)
+            if inter is not None:
+                pieces.append((j, e, bounds, inter))
+        covered = sum(_prod([h - l for l, h in inter]) for *_, inter in pieces)
+        if covered != _prod([h - l for l, h in region]):
+            raise CorruptCheckpointError(
+                f"{self.index_path}: the stored slices of tensor {name!r} do not cover "
+                f"{_bounds_spec(region)} of its shape {list(shape)}",
+                path=self.index_path, key=name)
+        out = np.empty([h - l for l, h in region], dtype=full.dtype.numpy)
+        for j, e, bounds, inter in pieces:
+            part = self._read_plain(j, name, e, verify)
+            src = tuple(slice(l - b[0], h - b[0]) for (l, h), b in zip(inter, bounds))
+            dst = tuple(slice(l - r[0], h - r[0]) for (l, h), r in zip(inter, region))
+            out[dst] = part[src]
+        out.flags.writeable = False
+        return out
+
+    def read(self, name: str, index=None, *, verify: bool | None = None) -> np.ndarray:
+        """Read tensor ``name``, or the part of it selected by ``index``.
+
+        Parameters
+        ----------
+        name : str
+            Tensor name as listed by :meth:`keys`.
+        index : numpy index, optional
+            Anything numpy accepts, e.g. ``np.s_[1000:1100]``.  For ordinary
+            tensors only the bytes of the selected elements are touched; for
+            partitioned tensors only the slices that intersect a leading row
+            range are read.
+        verify : bool, optional
+            Check the tensor's CRC-32C.  Defaults to the checkpoint's
+            ``verify`` setting for whole reads and to False for reads with an
+            ``index`` (a CRC covers the whole tensor; ``verify=True`` reads it
+            all once).
+
+        Returns
+        -------
+        numpy.ndarray
+            Read-only; a view of the memory map where the bytes allow.
+
+        Raises
+        ------
+        TensorNotFoundError
+            If there is no such tensor.
+        ChecksumMismatchError
+            If verification fails.
+        CorruptCheckpointError
+            If the index entry or the data are malformed.
+        """
+        self._check_open()
+        i = self._record(name)
+        e = self._entry(i, name)
+        if verify is None:
+            verify = self.verify and index is None
+        if e.num_slices:
+            rows = None
+            if index is not None and e.shape:
+                norm = _normalize_rows(index, e.shape[0])
+                if norm is not None:
+                    rows, index = norm[:2], norm[2]
+            arr = self._read_partitioned(i, name, e, verify, rows)
+            return arr if index is None else arr[index]
+        if index is not None and verify and i not in self._verified:
+            self._read_plain(i, name, e, True)
+        return self._read_plain(i, name, e, verify and index is None, index)
+
+    def verify_all(self) -> list:
+        """Check every tensor's checksum; return ``[(name, error), ...]`` for the bad ones."""
+        bad = []
+        for name in self:
+            try:
+                self.read(name, verify=True)
+            except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
+                bad.append((name, exc))
+        return bad
+
+    # ---- lifetime -------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the files.  Idempotent; arrays already returned stay valid."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            shards, self._shards = self._shards, {}
+        for shard in shards.values():
+            if isinstance(shard.buffer, mmap.mmap):
+                try:
+                    shard.buffer.close()
+                except BufferError:
+                    pass  # views still use it; the map goes when they do
+            shard.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _encode(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _intersect(a, b):
+    out = []
+    for (alo, ahi), (blo, bhi) in zip(a, b):
+        lo, hi = max(alo, blo), min(ahi, bhi)
+        if lo >= hi:
+            return None
+        out.append((lo, hi))
+    return out
+
+
+def _spec(extents) -> str:
+    return ":".join("-" if length < 0 else f"{start},{length}" for start, length in extents)
+
+
+def _bounds_spec(bounds) -> str:
+    return _spec([(lo, hi - lo) for lo, hi in bounds])
+
+
+# ---- module-level convenience functions ----------------------------------
+
+def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors builtins.open
+    """Open a checkpoint for reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A checkpoint prefix (``.../model.ckpt-100``), its ``.index`` file, one
+        of its data shards, or a directory whose ``checkpoint`` state file
+        names the latest checkpoint.
+    verify : bool
+        Check each tensor's CRC-32C on its first whole read.
+
+    Returns
+    -------
+    Checkpoint
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        If no checkpoint is found at ``path``.
+    CorruptCheckpointError
+        If the index is malformed.
+    IncompatibleVersionError
+        If the checkpoint's version record refuses this reader.
+    """
+    return Checkpoint(path, verify=verify)
+
+
+def load(path, verify: bool = True) -> dict:
+    """Read every tensor of a checkpoint into a dict of numpy arrays.
+
+    The arrays are read-only views of the memory-mapped shards where the
+    bytes allow (they remain valid; copy them to modify).
+    """
+    with Checkpoint(path, verify=verify) as ckpt:
+        return {name: ckpt[name] for name in ckpt}
+
+
+def list_variables(path) -> list:
+    """``[(name, shape), ...]`` sorted by name, as ``tf.train.list_variables``."""
+    with Checkpoint(path) as ckpt:
+        return [(info.name, list(info.shape)) for info in ckpt.infos()]
+
+
+def load_variable(path, name: str, verify: bool = True) -> np.ndarray:
+    """Read one tensor, as ``tf.train.load_variable``."""
+    with Checkpoint(path, verify=verify) as ckpt:
+        return ckpt.read(name)
