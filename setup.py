@@ -13,14 +13,16 @@ if os.environ.get("TFSHARD_SANITIZE"):
     extra_compile += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
     extra_link += ["-fsanitize=address,undefined"]
 
+# One extension per concern; both link the same C core.
 extensions = [
     Extension(
-        "tfshard._native",
-        sources=["tfshard/_native.pyx", "csrc/tfs_format.c"],
+        f"tfshard.{name}",
+        sources=[f"tfshard/{name}.pyx", "csrc/tfs_format.c"],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
     )
+    for name in ("_index", "_data")
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

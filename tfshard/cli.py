@@ -46,14 +46,14 @@ def _cmd_ls(args) -> int:
         }, out, indent=1)
         out.write("\n")
         return EXIT_OK
-    rows = [(i.name, i.dtype, "[" + ", ".join(map(str, i.shape)) + "]", _human_bytes(i.nbytes))
-            for i in infos]
-    w0 = max([4] + [len(r[0]) for r in rows])
-    w1 = max([5] + [len(r[1]) for r in rows])
-    w2 = max([5] + [len(r[2]) for r in rows])
+    shapes = ["[" + ", ".join(map(str, i.shape)) + "]" for i in infos]
+    w0 = max([4] + [len(i.name) for i in infos])
+    w1 = max([5] + [len(i.dtype) for i in infos])
+    w2 = max([5] + [len(s) for s in shapes])
     lines = [f"{'NAME':<{w0}}  {'DTYPE':<{w1}}  {'SHAPE':<{w2}}  SIZE"]
-    lines += [f"{a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d}" for a, b, c, d in rows]
-    lines.append(f"{len(rows)} tensors, {_human_bytes(total)} in {num_shards} shard(s): {prefix}")
+    lines += [f"{i.name:<{w0}}  {i.dtype:<{w1}}  {s:<{w2}}  {_human_bytes(i.nbytes)}"
+              for i, s in zip(infos, shapes)]
+    lines.append(f"{len(infos)} tensors, {_human_bytes(total)} in {num_shards} shard(s): {prefix}")
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 

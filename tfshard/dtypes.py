@@ -99,6 +99,8 @@ _TABLE = [
 
 _BY_CODE = {t.code: t for t in _TABLE}
 _BY_NAME = {t.name: t for t in _TABLE}
+#: code -> TensorFlow name, for the listing fast path
+NAMES = {t.code: t.name for t in _TABLE}
 # Names TF no longer uses for the resource type and for invalid codes, so an
 # error can say what the code means.
 _KNOWN_UNSUPPORTED = {0: "DT_INVALID", 20: "resource"}

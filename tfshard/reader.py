@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _native, dtypes
+from . import _data, _index, dtypes
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -140,7 +140,7 @@ class Checkpoint(Mapping):
         self.prefix = resolve_prefix(path)
         self.verify = bool(verify)
         self.index_path = index_filename(self.prefix)
-        self._table = _native.IndexTable(_read_index(self.index_path), self.index_path)
+        self._table = _index.IndexTable(_read_index(self.index_path), self.index_path)
         header = self._table.header()
         self._check_header(header)
         self.num_shards = header["num_shards"]
@@ -150,7 +150,6 @@ class Checkpoint(Mapping):
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
         self._lock = threading.Lock()
-        self._names: list[str] | None = None
         self._closed = False
 
     def _check_header(self, h):
@@ -177,13 +176,10 @@ class Checkpoint(Mapping):
 
     # ---- Mapping --------------------------------------------------------
 
-    def _all_names(self) -> list[str]:
-        if self._names is None:
-            self._names = self._table.visible_names()
-        return self._names
-
     def __iter__(self):
-        return iter(self._all_names())
+        # Names are decoded on each pass rather than cached: an open
+        # checkpoint holds little more than its index file.
+        return iter(self._table.visible_names())
 
     def __len__(self) -> int:
         return self._table.visible_count
@@ -191,8 +187,7 @@ class Checkpoint(Mapping):
     def __contains__(self, name) -> bool:
         if not isinstance(name, str):
             return False
-        i = self._table.find(_encode(name))
-        return i >= 0 and not self._table.is_hidden(i)
+        return self._table.find_tensor(_encode(name)) >= 0
 
     def __getitem__(self, name) -> np.ndarray:
         return self.read(name)
@@ -208,9 +203,9 @@ class Checkpoint(Mapping):
             raise TensorNotFoundError(
                 f"tensor names are str, got {type(name).__name__} {name!r}", path=self.prefix,
                 key=name)
-        i = self._table.find(_encode(name))
-        if i < 0 or self._table.is_hidden(i):
-            close = difflib.get_close_matches(name, self._all_names(), n=3)
+        i = self._table.find_tensor(_encode(name))
+        if i < 0:
+            close = difflib.get_close_matches(name, self._table.visible_names(), n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise TensorNotFoundError(
                 f"tensor {name!r} not found in checkpoint {self.prefix} "
@@ -252,15 +247,13 @@ class Checkpoint(Mapping):
         """
         self._check_open()
         out = []
+        make = tuple.__new__   # TensorInfo(...) without the namedtuple call overhead
+        names = dtypes.NAMES
         for name, code, shape, shard, offset, size, nslices in self._table.list_entries():
-            if nslices:
-                out.append(self.info(name))
-                continue
-            try:
-                dtype = dtypes.by_code(code).name
-            except KeyError:
-                self._entry(self._record(name), name)  # raises the precise error
-            out.append(TensorInfo(name, dtype, tuple(shape), size, shard, offset))
+            if nslices or code not in names:
+                out.append(self.info(name))  # assembles slices, or raises the precise error
+            else:
+                out.append(make(TensorInfo, (name, names[code], shape, size, shard, offset, ())))
         return out
 
     def info(self, name: str) -> TensorInfo:
@@ -330,9 +323,9 @@ class Checkpoint(Mapping):
         raw = memoryview(buf)[e.offset:e.offset + e.size]
         verify = verify and i not in self._verified
         if verify and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
-            _native.check_crc(raw, e.crc, shard.path, name, e.offset)
+            _data.check_crc(raw, e.crc, shard.path, name, e.offset)
         if dt.kind == dtypes.STRING:
-            flat = _native.decode_strings(raw, count, self.big_endian, e.crc, verify,
+            flat = _data.decode_strings(raw, count, self.big_endian, e.crc, verify,
                                           shard.path, name, e.offset)
             arr = flat.reshape(e.shape)
         elif dt.kind == dtypes.VARIANT:
@@ -341,7 +334,7 @@ class Checkpoint(Mapping):
                     f"tensor {name!r} is a variant tensor in a big-endian bundle; byte-swapping "
                     f"variants is not possible without TensorFlow's type registry",
                     path=shard.path, key=name)
-            flat = _native.decode_variants(raw, count, e.crc, verify, shard.path, name, e.offset)
+            flat = _data.decode_variants(raw, count, e.crc, verify, shard.path, name, e.offset)
             arr = flat.reshape(e.shape)
         else:
             arr = self._fixed(buf, e, count, index)
@@ -386,7 +379,7 @@ class Checkpoint(Mapping):
                     f"{where} has a slice {_spec(extents)} outside its shape {list(full.shape)}",
                     path=self.index_path, key=name)
             bounds.append((0 if length < 0 else start, stop))
-        key = _native.slice_key(_encode(name), extents)
+        key = _index.slice_key(_encode(name), extents)
         j = self._table.find(key)
         if j < 0:
             raise CorruptCheckpointError(
@@ -597,7 +590,7 @@ def load(path, verify: bool = True) -> dict:
 def list_variables(path) -> list:
     """``[(name, shape), ...]`` sorted by name, as ``tf.train.list_variables``."""
     with Checkpoint(path) as ckpt:
-        return [(info.name, list(info.shape)) for info in ckpt.infos()]
+        return ckpt._table.shapes()
 
 
 def load_variable(path, name: str, verify: bool = True) -> np.ndarray:

@@ -1,0 +1,63 @@
+"""Smoke tests for the scripts in benchmarks/: each runs on tiny inputs and prints its table.
+
+They check that the scripts run and report every case, not how fast anything is.  With tfshard
+importable every row must have been measured (PASS or MISS, never SKIP, ERROR or WRONG: a
+WRONG row means tfshard returned something other than what TensorFlow returns).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory")
+
+
+def _run(script, *args, timeout=900):
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _reader_importable(cwd):
+    """Whether the benchmark's interpreter can use tfshard's reader, as the script decides it
+    (asked in a child run outside the source tree, so an unbuilt checkout does not count)."""
+    probe = subprocess.run([sys.executable, "-c", "import tfshard; tfshard.open"], cwd=cwd,
+                           capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+def test_bench_read_help():
+    proc = _run("bench_read.py", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("--quick", "--repeat", "--workdir", "--json", *READ_CASES):
+        assert word in proc.stdout
+
+
+def test_bench_read_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    results = tmp_path / "results.json"
+    proc = _run("bench_read.py", "--quick", "--workdir", tmp_path / "work", "--json", results)
+    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, output
+
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
+    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
+    for case in READ_CASES:
+        assert case in table, f"no table row for {case}\n{output}"
+        assert table[case][-1] in {"PASS", "MISS", "SKIP"}, output
+
+    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
+    assert set(rows) == set(READ_CASES)
+    measured = _reader_importable(tmp_path)
+    for case, row in rows.items():
+        assert row["tf"] is not None, f"{case}: TensorFlow side not measured\n{output}"
+        if measured:
+            assert row["status"] in {"PASS", "MISS"}, f"{case}: {row}\n{output}"
+            assert row["tfshard"] is not None and row["ratio"] is not None
+        else:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
