@@ -9,8 +9,9 @@ The manifests (``tests/data/golden/manifest.json`` and
         ...},
      ...}
 
-``sha256`` follows one convention everywhere (see :func:`tensor_sha256`); ``tests/data/make_goldens.py``
-uses this very module to write the golden manifest, so writer and tests cannot drift apart.
+``sha256`` follows one convention everywhere (see :func:`tensor_sha256`);
+``tests/data/make_goldens.py`` uses this very module to write the golden manifest, so the
+manifest writer and the tests cannot drift apart.
 
 This module must not import TensorFlow or tfshard.
 """
@@ -42,8 +43,8 @@ def tensor_sha256(array) -> str:
 
     A bare ``bytes`` object is taken as a scalar string tensor (TensorFlow's
     ``CheckpointReader.get_tensor`` returns one for a scalar DT_STRING; tfshard returns a
-    0-d object array). A fixed-width ``S``/``U`` array or an object array holding anything other than
-    ``bytes`` raises ``TypeError``: they cannot represent arbitrary byte strings
+    0-d object array). A fixed-width ``S``/``U`` array or an object array holding
+    anything other than ``bytes`` raises ``TypeError``: they cannot represent arbitrary byte strings
     faithfully (``S`` drops trailing NULs), so hashing them would hide reader bugs.
     """
     if isinstance(array, bytes):

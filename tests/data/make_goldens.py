@@ -516,7 +516,8 @@ def dump_manifest(manifest: dict[str, dict[str, dict]], path: Path) -> None:
         names = sorted(manifest[prefix])
         for j, name in enumerate(names):
             record = json.dumps(manifest[prefix][name], sort_keys=True, ensure_ascii=False)
-            lines.append(f"  {json.dumps(name, ensure_ascii=False)}: {record}" + ("," if j < len(names) - 1 else ""))
+            comma = "," if j < len(names) - 1 else ""
+            lines.append(f"  {json.dumps(name, ensure_ascii=False)}: {record}{comma}")
         lines.append(" }" + ("," if i < len(prefixes) - 1 else ""))
     lines.append("}")
     text = "\n".join(lines) + "\n"
@@ -541,7 +542,9 @@ CASES = {
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {list(CASES)}; default: all")
+    parser.add_argument(
+        "cases", nargs="*", metavar="CASE", help=f"any of {list(CASES)}; default: all"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
