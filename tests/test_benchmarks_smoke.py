@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory")
+READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory",
+              "memory_keys")
 
 
 def _run(script, *args, timeout=900):
