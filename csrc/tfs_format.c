@@ -282,9 +282,12 @@ static int parse_shape(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims)
                     size = (int64_t)g.varint;
                 }
             }
-            if (e->rank >= TFS_MAX_RANK)
+            /* Count every dimension (for the error message), store the first TFS_MAX_RANK. */
+            if (e->rank < TFS_MAX_RANK)
+                dims[e->rank] = size;
+            if (e->rank == INT32_MAX)
                 return TFS_ERR_SHAPE;
-            dims[e->rank++] = size;
+            e->rank++;
         } else if (f.field == 3) {
             PB_EXPECT(f, PB_VARINT);
             e->unknown_rank = f.varint != 0;
@@ -339,6 +342,8 @@ int tfs_parse_entry(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims)
             break; /* unknown fields are skipped, as protobuf does */
         }
     }
+    if (e->rank > TFS_MAX_RANK)
+        return TFS_ERR_SHAPE;
     e->num_elements = 1;
     for (i = 0; i < e->rank; i++) {
         if (dims[i] < 0)

@@ -133,8 +133,11 @@ def decode_variants(data, Py_ssize_t count, masked_crc, bint verify,
 
 
 def _compare_crc(masked_crc, uint32_t computed, path, key, offset, size):
-    if masked_crc is None or tfs_crc_unmask(masked_crc) != computed:
-        stored = "none" if masked_crc is None else str(tfs_crc_unmask(masked_crc))
+    # proto3 omits a zero fixed32: an entry without the field stores masked CRC 0.
+    if masked_crc is None:
+        masked_crc = 0
+    if tfs_crc_unmask(masked_crc) != computed:
+        stored = str(tfs_crc_unmask(masked_crc))
         raise ChecksumMismatchError(
             f"{path}: tensor {key!r} ({size} bytes at offset {offset}) fails its checksum: "
             f"stored CRC-32C {stored}, computed {computed}", path=path, key=key, offset=offset)

@@ -277,6 +277,11 @@ cdef class IndexTable:
                         any_entry = True
                         # Restart points must mark, in order, entries that share no
                         # key bytes: lookups binary-search them.
+                        if c.entry_off == 0 and (b.num_restarts == 0 or
+                                                 tfs_load_le32(b.entries_end) != 0):
+                            raise CorruptCheckpointError(
+                                f"{self.path}: data block {blk} does not start with a restart "
+                                f"point (restart[0] must be 0)", path=self.path)
                         if next_restart < b.num_restarts and \
                                 tfs_load_le32(b.entries_end + 4 * next_restart) == c.entry_off:
                             if c.shared != 0:
@@ -481,8 +486,21 @@ cdef class IndexTable:
 
     cdef int _parse(self, Cursor *c, tfs_entry *e, int64_t *dims) except -1:
         cdef int st = tfs_parse_entry(c.value, c.value_len, e, dims)
+        cdef int32_t d
         if st < 0:
             name = _name(c.key, c.key_len)
+            if st == TFS_ERR_SHAPE:
+                if e.rank > TFS_MAX_RANK:
+                    found = f"rank {e.rank}"
+                else:
+                    shape = [dims[d] for d in range(e.rank)]
+                    found = f"shape {shape}, " + (
+                        "which has a negative dimension" if any(x < 0 for x in shape) else
+                        "whose element count overflows int64")
+                raise CorruptCheckpointError(
+                    f"{self.path}: invalid tensor shape for {name!r}: {found} (expected rank at "
+                    f"most {TFS_MAX_RANK}, non-negative dimensions and fewer than 2**63 "
+                    f"elements)", path=self.path, key=name)
             check(st, f"{self.path}: the index entry of tensor {name!r}", self.path, name, None)
         return 0
 

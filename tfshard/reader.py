@@ -92,9 +92,8 @@ def _read_index(path: str) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"index file {path} does not exist", path=path) from None
-    except IsADirectoryError:
-        raise CheckpointNotFoundError(f"{path} is a directory, not an index file",
-                                      path=path) from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise CheckpointNotFoundError(f"{path} is not a file", path=path) from None
 
 
 def _normalize_rows(index, dim0: int):
@@ -289,10 +288,11 @@ class Checkpoint(Mapping):
                 path = data_filename(self.prefix, shard_id, self.num_shards)
                 try:
                     f = builtins.open(path, "rb")
-                except FileNotFoundError:
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
                     raise CheckpointNotFoundError(
-                        f"data shard {path} is missing (the index {self.index_path} says the "
-                        f"checkpoint has {self.num_shards} shard(s))", path=path) from None
+                        f"data shard {path} is missing or not a file ({exc.strerror}; the index "
+                        f"{self.index_path} says the checkpoint has {self.num_shards} shard(s))",
+                        path=path) from None
                 size = os.fstat(f.fileno()).st_size
                 buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
@@ -367,6 +367,10 @@ class Checkpoint(Mapping):
     def _slice_entry(self, name: str, full: _Entry, extents):
         """(record, entry) of one stored slice, checked against the full tensor."""
         where = f"{self.index_path}: tensor {name!r}"
+        if not full.shape:
+            raise CorruptCheckpointError(
+                f"{where} is a scalar but lists stored slices (only tensors of rank 1 or more "
+                f"can be partitioned)", path=self.index_path, key=name)
         if len(extents) != len(full.shape):
             raise CorruptCheckpointError(
                 f"{where} has a slice of rank {len(extents)} but shape {list(full.shape)}",
@@ -387,7 +391,11 @@ class Checkpoint(Mapping):
                 path=self.index_path, key=name)
         e = self._entry(j, name)
         expect = tuple(hi - lo for lo, hi in bounds)
-        if e.num_slices or e.dtype != full.dtype or e.shape != expect:
+        if e.num_slices:
+            raise CorruptCheckpointError(
+                f"{where}: the entry of slice {_spec(extents)} lists slices of its own; expected "
+                f"a plain tensor", path=self.index_path, key=name)
+        if e.dtype != full.dtype or e.shape != expect:
             raise CorruptCheckpointError(
                 f"{where}: slice {_spec(extents)} is stored as {e.dtype.name} {list(e.shape)}; "
                 f"expected {full.dtype.name} {list(expect)}", path=self.index_path, key=name)
@@ -400,14 +408,13 @@ class Checkpoint(Mapping):
         if rows is not None:
             lo[0], hi[0] = rows
         parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
-        # Stored slices must not overlap, and together must cover the request.
-        for a in range(len(parts)):
-            for b in range(a + 1, len(parts)):
-                if _intersect(parts[a][2], parts[b][2]) is not None:
-                    raise CorruptCheckpointError(
-                        f"{self.index_path}: tensor {name!r} has overlapping slices "
-                        f"{_bounds_spec(parts[a][2])} and {_bounds_spec(parts[b][2])}",
-                        path=self.index_path, key=name)
+        # Stored slices must not overlap (then their volumes measure coverage).
+        overlap = _find_overlap([bounds for _, _, bounds in parts])
+        if overlap is not None:
+            raise CorruptCheckpointError(
+                f"{self.index_path}: tensor {name!r} has overlapping slices "
+                f"{_bounds_spec(overlap[0])} and {_bounds_spec(overlap[1])}",
+                path=self.index_path, key=name)
         region = list(zip(lo, hi))
         pieces = []
         for j, e, bounds in parts:
@@ -537,6 +544,36 @@ def _intersect(a, b):
             return None
         out.append((lo, hi))
     return out
+
+
+# Cells of the boundary grid checked for overlaps; TF partitions along one
+# axis, so real tensors need a handful.
+_MAX_GRID_CELLS = 1 << 24
+
+
+def _find_overlap(boxes):
+    """Two overlapping boxes among ``boxes`` (lists of (lo, hi) per dim), or None.
+
+    Linear in the number of grid cells the boxes cover: the boxes' boundaries
+    cut each dimension into intervals, and every box marks its cells once.
+    """
+    boxes = [b for b in boxes if all(lo < hi for lo, hi in b)]  # empty boxes overlap nothing
+    if len(boxes) < 2:
+        return None
+    cuts = [sorted({v for b in boxes for v in b[d]}) for d in range(len(boxes[0]))]
+    if _prod(len(c) - 1 for c in cuts) > _MAX_GRID_CELLS:
+        raise UnsupportedError(
+            f"a partitioned tensor with {len(boxes)} slices cut on too many boundaries "
+            f"({' x '.join(str(len(c) - 1) for c in cuts)} cells)")
+    owner = np.full([len(c) - 1 for c in cuts], -1, dtype=np.int64)
+    for k, box in enumerate(boxes):
+        cells = tuple(slice(np.searchsorted(c, lo), np.searchsorted(c, hi))
+                      for c, (lo, hi) in zip(cuts, box))
+        taken = owner[cells]
+        if (taken >= 0).any():
+            return boxes[int(taken[taken >= 0].flat[0])], box
+        owner[cells] = k
+    return None
 
 
 def _spec(extents) -> str:
