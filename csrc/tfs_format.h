@@ -36,6 +36,8 @@ typedef enum {
 uint32_t tfs_load_le32(const uint8_t *p);
 uint64_t tfs_load_le64(const uint8_t *p);
 uint32_t tfs_load_be32(const uint8_t *p);
+/* CRC-32C of p[0..n) continued from crc (0 to start); as crc32c.crc32c(data, crc). */
+uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n);
 uint32_t tfs_crc_mask(uint32_t crc);
 uint32_t tfs_crc_unmask(uint32_t masked);
 

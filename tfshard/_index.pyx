@@ -10,7 +10,8 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-import crc32c as _crc32c
+import gc as _gc
+
 
 from ._format cimport *
 from .errors import ChecksumMismatchError, CorruptCheckpointError
@@ -167,7 +168,7 @@ cdef class IndexTable:
         raw = memoryview(buf)[h.offset:h.offset + h.size + 1]   # block + type byte
         kind = buf[h.offset + h.size]
         stored = tfs_load_le32(&buf[h.offset + h.size + 1])
-        actual = _crc32c.crc32c(raw)
+        actual = tfs_crc32c_extend(0, &buf[h.offset], h.size + 1)
         if tfs_crc_unmask(stored) != actual:
             raise ChecksumMismatchError(
                 f"{path}: {what} at offset {h.offset} fails its checksum (stored masked CRC "
@@ -203,7 +204,7 @@ cdef class IndexTable:
     cdef int _grow_key(self, Cursor *c, size_t need) except -1:
         cdef uint8_t *p
         cdef size_t cap
-        if need <= c.key_cap:
+        if need <= c.key_cap and c.key != NULL:
             return 0
         cap = need if need > 2 * c.key_cap else 2 * c.key_cap
         p = <uint8_t *>realloc(c.key, cap if cap > 64 else 64)
@@ -573,6 +574,8 @@ cdef class IndexTable:
         cdef int32_t d
         c.key = NULL
         c.key_cap = 0
+        gc_was_enabled = _gc.isenabled()
+        _gc.disable()   # see shapes()
         try:
             out = []
             self._start(&c, 0)
@@ -587,6 +590,8 @@ cdef class IndexTable:
             return out
         finally:
             free(c.key)
+            if gc_was_enabled:
+                _gc.enable()
 
     def shapes(self):
         """``[(name, [dims...]), ...]`` for every listed tensor, in key order
@@ -597,6 +602,10 @@ cdef class IndexTable:
         cdef int32_t d
         c.key = NULL
         c.key_cap = 0
+        gc_was_enabled = _gc.isenabled()
+        # Tens of thousands of fresh (acyclic) containers would otherwise trigger
+        # repeated collections that cost more than building them.
+        _gc.disable()
         try:
             out = []
             self._start(&c, 0)
@@ -609,6 +618,8 @@ cdef class IndexTable:
             return out
         finally:
             free(c.key)
+            if gc_was_enabled:
+                _gc.enable()
 
 
 def _snappy_decompress(bytes block, str what, path, offset):

@@ -6,10 +6,8 @@ TensorFlow's ``types.proto``; ``_REF`` codes (base + 100) map to their base.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import ml_dtypes
-import numpy as np
+from dataclasses import dataclass, field
+from functools import cached_property
 
 __all__ = ["DType", "by_code", "by_name", "describe_code"]
 
@@ -31,7 +29,8 @@ class DType:
     name : str
         TensorFlow's name (``tf.DType.name``): ``"float32"``, ``"qint8"``, ...
     numpy : numpy.dtype
-        The numpy dtype tfshard returns (``object`` for strings and variants).
+        The numpy dtype tfshard returns (``object`` for strings and variants);
+        resolved on first use, so listing a checkpoint never imports numpy.
     kind : str
         ``"fixed"``, ``"subbyte"``, ``"string"`` or ``"variant"``.
     swap : int
@@ -42,10 +41,20 @@ class DType:
 
     code: int
     name: str
-    numpy: np.dtype
+    numpy_name: str = field(repr=False)
     kind: str = FIXED
     swap: int = 0
     bits: int = 0
+
+    @cached_property
+    def numpy(self):
+        import numpy as np
+
+        if self.numpy_name.startswith("ml_dtypes."):
+            import ml_dtypes
+
+            return np.dtype(getattr(ml_dtypes, self.numpy_name[len("ml_dtypes."):]))
+        return np.dtype(self.numpy_name)
 
     @property
     def itemsize(self) -> int:
@@ -58,43 +67,43 @@ class DType:
 
 
 def _t(code, name, np_type, kind=FIXED, swap=0, bits=0):
-    return DType(code, name, np.dtype(np_type), kind, swap, bits)
+    return DType(code, name, np_type, kind, swap, bits)
 
 
 _TABLE = [
-    _t(1, "float32", np.float32, swap=4),
-    _t(2, "float64", np.float64, swap=8),
-    _t(3, "int32", np.int32, swap=4),
-    _t(4, "uint8", np.uint8),
-    _t(5, "int16", np.int16, swap=2),
-    _t(6, "int8", np.int8),
-    _t(7, "string", object, kind=STRING),
-    _t(8, "complex64", np.complex64, swap=4),
-    _t(9, "int64", np.int64, swap=8),
-    _t(10, "bool", np.bool_),
+    _t(1, "float32", "float32", swap=4),
+    _t(2, "float64", "float64", swap=8),
+    _t(3, "int32", "int32", swap=4),
+    _t(4, "uint8", "uint8"),
+    _t(5, "int16", "int16", swap=2),
+    _t(6, "int8", "int8"),
+    _t(7, "string", "object", kind=STRING),
+    _t(8, "complex64", "complex64", swap=4),
+    _t(9, "int64", "int64", swap=8),
+    _t(10, "bool", "bool"),
     # Quantized types carry no scale or zero point: plain integers on disk.
-    _t(11, "qint8", np.int8),
-    _t(12, "quint8", np.uint8),
-    _t(13, "qint32", np.int32, swap=4),
-    _t(14, "bfloat16", ml_dtypes.bfloat16, swap=2),
-    _t(15, "qint16", np.int16, swap=2),
-    _t(16, "quint16", np.uint16, swap=2),
-    _t(17, "uint16", np.uint16, swap=2),
-    _t(18, "complex128", np.complex128, swap=8),
-    _t(19, "float16", np.float16, swap=2),
-    _t(21, "variant", object, kind=VARIANT),
-    _t(22, "uint32", np.uint32, swap=4),
-    _t(23, "uint64", np.uint64, swap=8),
-    _t(24, "float8_e5m2", ml_dtypes.float8_e5m2),
-    _t(25, "float8_e4m3fn", ml_dtypes.float8_e4m3fn),
-    _t(26, "float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
-    _t(27, "float8_e4m3b11fnuz", ml_dtypes.float8_e4m3b11fnuz),
-    _t(28, "float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
-    _t(29, "int4", ml_dtypes.int4, kind=SUBBYTE, bits=4),
-    _t(30, "uint4", ml_dtypes.uint4, kind=SUBBYTE, bits=4),
-    _t(31, "int2", ml_dtypes.int2, kind=SUBBYTE, bits=2),
-    _t(32, "uint2", ml_dtypes.uint2, kind=SUBBYTE, bits=2),
-    _t(33, "float4_e2m1fn", ml_dtypes.float4_e2m1fn, kind=SUBBYTE, bits=4),
+    _t(11, "qint8", "int8"),
+    _t(12, "quint8", "uint8"),
+    _t(13, "qint32", "int32", swap=4),
+    _t(14, "bfloat16", "ml_dtypes.bfloat16", swap=2),
+    _t(15, "qint16", "int16", swap=2),
+    _t(16, "quint16", "uint16", swap=2),
+    _t(17, "uint16", "uint16", swap=2),
+    _t(18, "complex128", "complex128", swap=8),
+    _t(19, "float16", "float16", swap=2),
+    _t(21, "variant", "object", kind=VARIANT),
+    _t(22, "uint32", "uint32", swap=4),
+    _t(23, "uint64", "uint64", swap=8),
+    _t(24, "float8_e5m2", "ml_dtypes.float8_e5m2"),
+    _t(25, "float8_e4m3fn", "ml_dtypes.float8_e4m3fn"),
+    _t(26, "float8_e4m3fnuz", "ml_dtypes.float8_e4m3fnuz"),
+    _t(27, "float8_e4m3b11fnuz", "ml_dtypes.float8_e4m3b11fnuz"),
+    _t(28, "float8_e5m2fnuz", "ml_dtypes.float8_e5m2fnuz"),
+    _t(29, "int4", "ml_dtypes.int4", kind=SUBBYTE, bits=4),
+    _t(30, "uint4", "ml_dtypes.uint4", kind=SUBBYTE, bits=4),
+    _t(31, "int2", "ml_dtypes.int2", kind=SUBBYTE, bits=2),
+    _t(32, "uint2", "ml_dtypes.uint2", kind=SUBBYTE, bits=2),
+    _t(33, "float4_e2m1fn", "ml_dtypes.float4_e2m1fn", kind=SUBBYTE, bits=4),
 ]
 
 _BY_CODE = {t.code: t for t in _TABLE}

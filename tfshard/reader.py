@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
-from . import _data, _index, dtypes
+from . import _index, dtypes
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -28,6 +26,10 @@ from .errors import (
     UnsupportedError,
 )
 from .paths import data_filename, index_filename, resolve_prefix
+
+# numpy, ml_dtypes and the _data extension are imported where tensors are
+# read, not at module level: opening and listing a checkpoint (all that
+# `tfshard ls` does) then never pays for importing them.
 
 __all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
 
@@ -100,6 +102,8 @@ def _normalize_rows(index, dim0: int):
     """For ``index`` selecting along axis 0 by a unit-step slice or an int,
     return ``(start, stop, rest)`` such that ``full[index] ==
     full[start:stop][rest]``; otherwise None."""
+    import numpy as np
+
     first, tail = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
     if isinstance(first, slice) and first.step in (None, 1):
         start, stop, _ = first.indices(dim0)
@@ -313,6 +317,10 @@ class Checkpoint(Mapping):
         return shard.buffer, shard
 
     def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None):
+        import numpy as np
+
+        from . import _data
+
         count = _prod(e.shape)
         dt = e.dtype
         if count == 0 and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
@@ -345,6 +353,8 @@ class Checkpoint(Mapping):
         return arr if index is None else arr[index]
 
     def _fixed(self, buf, e: _Entry, count: int, index):
+        import numpy as np
+
         dt = e.dtype
         if dt.kind == dtypes.SUBBYTE:
             raw = np.frombuffer(buf, np.uint8, count, e.offset).reshape(e.shape)
@@ -402,6 +412,8 @@ class Checkpoint(Mapping):
         return j, e, bounds
 
     def _read_partitioned(self, i: int, name: str, full: _Entry, verify: bool, rows=None):
+        import numpy as np
+
         shape = full.shape
         lo = [0] * len(shape)
         hi = list(shape)
@@ -557,6 +569,8 @@ def _find_overlap(boxes):
     Linear in the number of grid cells the boxes cover: the boxes' boundaries
     cut each dimension into intervals, and every box marks its cells once.
     """
+    import numpy as np
+
     boxes = [b for b in boxes if all(lo < hi for lo, hi in b)]  # empty boxes overlap nothing
     if len(boxes) < 2:
         return None
