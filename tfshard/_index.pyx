@@ -10,8 +10,6 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-import gc as _gc
-
 
 from ._format cimport *
 from .errors import ChecksumMismatchError, CorruptCheckpointError
@@ -574,8 +572,6 @@ cdef class IndexTable:
         cdef int32_t d
         c.key = NULL
         c.key_cap = 0
-        gc_was_enabled = _gc.isenabled()
-        _gc.disable()   # see shapes()
         try:
             out = []
             self._start(&c, 0)
@@ -590,8 +586,6 @@ cdef class IndexTable:
             return out
         finally:
             free(c.key)
-            if gc_was_enabled:
-                _gc.enable()
 
     def shapes(self):
         """``[(name, [dims...]), ...]`` for every listed tensor, in key order
@@ -602,10 +596,6 @@ cdef class IndexTable:
         cdef int32_t d
         c.key = NULL
         c.key_cap = 0
-        gc_was_enabled = _gc.isenabled()
-        # Tens of thousands of fresh (acyclic) containers would otherwise trigger
-        # repeated collections that cost more than building them.
-        _gc.disable()
         try:
             out = []
             self._start(&c, 0)
@@ -618,8 +608,6 @@ cdef class IndexTable:
             return out
         finally:
             free(c.key)
-            if gc_was_enabled:
-                _gc.enable()
 
 
 def _snappy_decompress(bytes block, str what, path, offset):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import json
 import sys
 
@@ -91,7 +92,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``tfshard`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take positional patterns after an option ("ls P --json 'a*'").
+    if extra and hasattr(args, "patterns") and not any(e.startswith("-") for e in extra):
+        args.patterns += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Commands build large listings of small objects; the cyclic GC only costs time.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return args.func(args)
     except tfshard.TFShardError as exc:
@@ -99,3 +109,6 @@ def main(argv=None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    finally:
+        if gc_was_enabled:
+            gc.enable()
