@@ -98,6 +98,11 @@ int tfs_get_varint64(const uint8_t **p, const uint8_t *end, uint64_t *out)
     const uint8_t *q = *p;
     uint64_t result = 0;
     int shift;
+    if (q < end && *q < 0x80) { /* one-byte fast path: most tags, sizes and dims */
+        *out = *q;
+        *p = q + 1;
+        return TFS_OK;
+    }
     for (shift = 0; shift <= 63; shift += 7) {
         uint8_t byte;
         if (q >= end)
@@ -121,6 +126,11 @@ int tfs_get_varint32(const uint8_t **p, const uint8_t *end, uint32_t *out)
     const uint8_t *q = *p;
     uint32_t result = 0;
     int shift;
+    if (q < end && *q < 0x80) {
+        *out = *q;
+        *p = q + 1;
+        return TFS_OK;
+    }
     for (shift = 0; shift <= 28; shift += 7) {
         uint8_t byte;
         if (q >= end)
@@ -214,7 +224,7 @@ typedef struct {
 
 enum { PB_VARINT = 0, PB_FIXED64 = 1, PB_LEN = 2, PB_FIXED32 = 5 };
 
-static int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
+static inline int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
 {
     uint64_t tag, len;
     const uint8_t *q = *p;
