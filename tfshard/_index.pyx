@@ -566,30 +566,14 @@ cdef class IndexTable:
         list of tuple
             ``(name, dtype_code, shape, shard_id, offset, size, num_slices)``.
         """
-        cdef Cursor c
-        cdef tfs_entry e
-        cdef int64_t dims[TFS_MAX_RANK]
-        cdef int32_t d
-        c.key = NULL
-        c.key_cap = 0
-        try:
-            out = []
-            self._start(&c, 0)
-            self._next(&c)
-            while self._next(&c):
-                if _is_slice_key(c.key, c.key_len):
-                    continue
-                self._parse(&c, &e, dims)
-                out.append((_name(c.key, c.key_len), e.dtype,
-                            tuple([dims[d] for d in range(e.rank)]), e.shard_id, e.offset,
-                            e.size, e.num_slices))
-            return out
-        finally:
-            free(c.key)
+        return self._listing(True)
 
     def shapes(self):
         """``[(name, [dims...]), ...]`` for every listed tensor, in key order
         (the fast path of ``list_variables``)."""
+        return self._listing(False)
+
+    cdef list _listing(self, bint full):
         cdef Cursor c
         cdef tfs_entry e
         cdef int64_t dims[TFS_MAX_RANK]
@@ -599,12 +583,17 @@ cdef class IndexTable:
         try:
             out = []
             self._start(&c, 0)
-            self._next(&c)
+            self._next(&c)  # the header
             while self._next(&c):
                 if _is_slice_key(c.key, c.key_len):
                     continue
                 self._parse(&c, &e, dims)
-                out.append((_name(c.key, c.key_len), [dims[d] for d in range(e.rank)]))
+                if full:
+                    out.append((_name(c.key, c.key_len), e.dtype,
+                                tuple([dims[d] for d in range(e.rank)]), e.shard_id, e.offset,
+                                e.size, e.num_slices))
+                else:
+                    out.append((_name(c.key, c.key_len), [dims[d] for d in range(e.rank)]))
             return out
         finally:
             free(c.key)
