@@ -18,9 +18,6 @@ from .errors import ChecksumMismatchError, CorruptCheckpointError
 # element yields at most 64 bytes).
 cdef uint64_t SNAPPY_MAX_RATIO = 32
 
-MAX_RANK = TFS_MAX_RANK
-
-
 cdef int _iter_init(tfs_block_iter *it, block) except? -100:
     """Start iterating a block held by any bytes-like object (kept alive by the caller)."""
     cdef const uint8_t[::1] b = block
@@ -339,11 +336,6 @@ cdef class IndexTable:
 
     def __len__(self):
         return self.count
-
-    def nbytes(self):
-        """Bytes held by the table: the index file plus decompressed blocks."""
-        return len(self._data) + sum(len(b) for b in self._owners
-                                     if not isinstance(b, memoryview))
 
     cdef Py_ssize_t _find(self, const uint8_t *k, size_t klen) except -2:
         """Handle of key ``k``, or -1."""

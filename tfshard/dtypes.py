@@ -61,10 +61,6 @@ class DType:
         """Bytes per element on disk (0 for variable-length types)."""
         return self.numpy.itemsize if self.kind in (FIXED, SUBBYTE) else 0
 
-    @property
-    def signed(self) -> bool:
-        return self.name in ("int4", "int2")
-
 
 def _t(code, name, np_type, kind=FIXED, swap=0, bits=0):
     return DType(code, name, np_type, kind, swap, bits)
