@@ -306,7 +306,7 @@ class Checkpoint(Mapping):
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
             return shard
 
-    def _data(self, e: _Entry, name: str):
+    def _tensor_buffer(self, e: _Entry, name: str):
         """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist."""
         shard = self._shard(e.shard_id)
         # Re-check the file size: a data file truncated after it was mapped
@@ -331,14 +331,14 @@ class Checkpoint(Mapping):
             out = np.empty(e.shape, dtype=dt.numpy)
             out.flags.writeable = False
             return out if index is None else out[index]
-        buf, shard = self._data(e, name)
+        buf, shard = self._tensor_buffer(e, name)
         raw = memoryview(buf)[e.offset:e.offset + e.size]
         verify = verify and i not in self._verified
         if verify and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
             _data.check_crc(raw, e.crc, shard.path, name, e.offset)
         if dt.kind == dtypes.STRING:
             flat = _data.decode_strings(raw, count, self.big_endian, e.crc, verify,
-                                          shard.path, name, e.offset)
+                                        shard.path, name, e.offset)
             arr = flat.reshape(e.shape)
         elif dt.kind == dtypes.VARIANT:
             if self._swap:
