@@ -30,6 +30,13 @@ cdef inline str _name(const uint8_t *p, size_t n):
     return PyUnicode_DecodeUTF8(<const char *>p, n, "surrogateescape")
 
 
+# What IndexTable._listing builds per listed tensor.
+cdef enum:
+    _NAMES
+    _SHAPES
+    _ENTRIES
+
+
 cdef struct Block:
     const uint8_t *data         # uncompressed contents (owned by IndexTable._owners)
     const uint8_t *entries_end  # start of the restart array
@@ -451,19 +458,7 @@ cdef class IndexTable:
 
     def visible_names(self):
         """Names of all listed tensors, in key order."""
-        cdef Cursor c
-        c.key = NULL
-        c.key_cap = 0
-        try:
-            out = []
-            self._start(&c, 0)
-            self._next(&c)
-            while self._next(&c):
-                if not _is_slice_key(c.key, c.key_len):
-                    out.append(_name(c.key, c.key_len))
-            return out
-        finally:
-            free(c.key)
+        return self._listing(_NAMES)
 
     def header(self):
         """The BundleHeaderProto as a dict."""
@@ -558,14 +553,15 @@ cdef class IndexTable:
         list of tuple
             ``(name, dtype_code, shape, shard_id, offset, size, num_slices)``.
         """
-        return self._listing(True)
+        return self._listing(_ENTRIES)
 
     def shapes(self):
         """``[(name, [dims...]), ...]`` for every listed tensor, in key order
         (the fast path of ``list_variables``)."""
-        return self._listing(False)
+        return self._listing(_SHAPES)
 
-    cdef list _listing(self, bint full):
+    cdef list _listing(self, int what):
+        """One walk over the listed tensors (per-slice keys skipped)."""
         cdef Cursor c
         cdef tfs_entry e
         cdef int64_t dims[TFS_MAX_RANK]
@@ -579,8 +575,11 @@ cdef class IndexTable:
             while self._next(&c):
                 if _is_slice_key(c.key, c.key_len):
                     continue
+                if what == _NAMES:
+                    out.append(_name(c.key, c.key_len))
+                    continue
                 self._parse(&c, &e, dims)
-                if full:
+                if what == _ENTRIES:
                     out.append((_name(c.key, c.key_len), e.dtype,
                                 tuple([dims[d] for d in range(e.rank)]), e.shard_id, e.offset,
                                 e.size, e.num_slices))
