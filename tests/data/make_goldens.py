@@ -197,6 +197,12 @@ def dtype_values(name: str):
     raise ValueError(name)
 
 
+def save_v2(tf, prefix: Path, names, tensors) -> None:
+    """Write one unsliced bundle with TF's own SaveV2 op."""
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=list(names),
+                      shape_and_slices=[""] * len(names), tensors=list(tensors))
+
+
 def make_dtypes(tf) -> None:
     from tensorflow.python.framework import dtypes as tf_dtypes
 
@@ -217,10 +223,7 @@ def make_dtypes(tf) -> None:
             names.append(key)
             tensors.append(tensor)
             expected[key] = arr
-    tf.raw_ops.SaveV2(
-        prefix=str(d / "ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
-        tensors=tensors,
-    )  # fmt: skip
+    save_v2(tf, d / "ckpt", names, tensors)
     # Read back: TF must return exactly the bytes we gave it (bit patterns included).
     reader = tf.train.load_checkpoint(str(d / "ckpt"))
     for key, arr in expected.items():
@@ -260,10 +263,7 @@ def make_strings(tf) -> None:
     tensors = [tf.constant(v, dtype=tf.string) for v in values.values()]
     for name, t, v in zip(names, tensors, values.values()):
         assert tuple(t.shape) == v.shape, name
-    tf.raw_ops.SaveV2(
-        prefix=str(d / "ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
-        tensors=tensors,
-    )  # fmt: skip
+    save_v2(tf, d / "ckpt", names, tensors)
     reader = tf.train.load_checkpoint(str(d / "ckpt"))
     for name, v in values.items():
         got = as_array(reader.get_tensor(name))
@@ -382,9 +382,7 @@ def make_many(tf) -> None:
     values = rng.standard_normal((n, 2)).astype(np.float32)
     names = [f"layer_{i:05d}/kernel" for i in range(n)]
     tensors = [tf.constant(v) for v in values]
-    tf.raw_ops.SaveV2(
-        prefix=str(d / "ckpt"), tensor_names=names, shape_and_slices=[""] * n, tensors=tensors
-    )
+    save_v2(tf, d / "ckpt", names, tensors)
     size = (d / "ckpt.index").stat().st_size
     assert size > INDEX_BLOCK_SIZE, f"index only {size} bytes; must span several blocks"
     reader = tf.train.load_checkpoint(str(d / "ckpt"))
@@ -451,10 +449,7 @@ def make_variant(tf) -> None:
     )
     packed = tf.raw_ops.Pack(values=[lst, empty])
     assert lst.dtype == tf.variant and packed.shape == (2,)
-    tf.raw_ops.SaveV2(
-        prefix=str(d / "ckpt"), tensor_names=["list", "lists", "x"], shape_and_slices=[""] * 3,
-        tensors=[lst, packed, tf.constant([0.5, -0.5])],
-    )  # fmt: skip
+    save_v2(tf, d / "ckpt", ["list", "lists", "x"], [lst, packed, tf.constant([0.5, -0.5])])
     log(f"variant: {sorted(os.listdir(d))}")
 
 
