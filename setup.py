@@ -13,16 +13,16 @@ if os.environ.get("TFSHARD_SANITIZE"):
     extra_compile += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
     extra_link += ["-fsanitize=address,undefined"]
 
-# One extension per concern; both link the same C core.
+# One extension per concern; all link the C core, the writer also its encoders.
 extensions = [
     Extension(
         f"tfshard.{name}",
-        sources=[f"tfshard/{name}.pyx", "csrc/tfs_format.c"],
+        sources=[f"tfshard/{name}.pyx", "csrc/tfs_format.c", *extra_sources],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
     )
-    for name in ("_index", "_data")
+    for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]))
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

@@ -10,12 +10,17 @@ from .errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
     IncompatibleVersionError,
+    InvalidTensorError,
     TensorNotFoundError,
     TFShardError,
     UnsupportedError,
+    WriterClosedError,
 )
 from .paths import latest_checkpoint
 from .reader import Checkpoint, TensorInfo, list_variables, load, load_variable, open
+from .manager import CheckpointManager
+from .parts import merge_parts
+from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save
 
 __version__ = "0.1.0"
 
@@ -27,6 +32,11 @@ __all__ = [
     "list_variables",
     "load_variable",
     "latest_checkpoint",
+    "save",
+    "CheckpointWriter",
+    "CheckpointManager",
+    "merge_parts",
+    "DEFAULT_ALIGNMENT",
     "TFShardError",
     "CheckpointNotFoundError",
     "TensorNotFoundError",
@@ -34,4 +44,6 @@ __all__ = [
     "ChecksumMismatchError",
     "IncompatibleVersionError",
     "UnsupportedError",
+    "InvalidTensorError",
+    "WriterClosedError",
 ]

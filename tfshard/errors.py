@@ -16,6 +16,8 @@ __all__ = [
     "ChecksumMismatchError",
     "IncompatibleVersionError",
     "UnsupportedError",
+    "InvalidTensorError",
+    "WriterClosedError",
 ]
 
 
@@ -65,3 +67,12 @@ class IncompatibleVersionError(TFShardError, ValueError):
 
 class UnsupportedError(TFShardError, ValueError):
     """Valid input that tfshard does not handle (e.g. an unknown dtype code)."""
+
+
+class InvalidTensorError(TFShardError, ValueError):
+    """A tensor given to the writer cannot be saved as it is (bad name, shape,
+    dtype or slice); nothing of it was written."""
+
+
+class WriterClosedError(TFShardError, ValueError):
+    """The writer has already committed or aborted its checkpoint."""

@@ -8,9 +8,7 @@ wherever the stored bytes are already in numpy's layout.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import difflib
-import gc
 import mmap
 import os
 import sys
@@ -27,7 +25,9 @@ from .errors import (
     TensorNotFoundError,
     UnsupportedError,
 )
+from ._util import gc_paused
 from .paths import data_filename, index_filename, resolve_prefix
+from .slices import bounds_spec, find_overlap, intersect, prod, spec
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
 # read, not at module level: opening and listing a checkpoint (all that
@@ -231,9 +231,9 @@ class Checkpoint(Mapping):
                 problem = f"data shard {shard}, but the checkpoint has {self.num_shards}"
             elif offset < 0 or size < 0:
                 problem = f"offset {offset} and size {size}"
-            elif dt.itemsize and size != dt.itemsize * _prod(shape):
+            elif dt.itemsize and size != dt.itemsize * prod(shape):
                 problem = (f"{size} bytes, but {dt.name} {list(shape)} needs "
-                           f"{dt.itemsize * _prod(shape)}")
+                           f"{dt.itemsize * prod(shape)}")
             if problem:
                 raise CorruptCheckpointError(
                     f"{self.index_path}: the index entry of tensor {name!r} records {problem}",
@@ -254,7 +254,7 @@ class Checkpoint(Mapping):
         out = []
         make = tuple.__new__   # TensorInfo(...) without the namedtuple call overhead
         names = dtypes.NAMES
-        with _gc_paused():
+        with gc_paused():
             for name, code, shape, shard, offset, size, nslices in self._table.list_entries():
                 if nslices or code not in names:
                     out.append(self.info(name))  # assembles slices, or raises the precise error
@@ -325,7 +325,7 @@ class Checkpoint(Mapping):
 
         from . import _data
 
-        count = _prod(e.shape)
+        count = prod(e.shape)
         dt = e.dtype
         if count == 0 and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
             out = np.empty(e.shape, dtype=dt.numpy)
@@ -394,24 +394,24 @@ class Checkpoint(Mapping):
             stop = dim if length < 0 else start + length
             if length >= 0 and not 0 <= start <= stop <= dim:
                 raise CorruptCheckpointError(
-                    f"{where} has a slice {_spec(extents)} outside its shape {list(full.shape)}",
+                    f"{where} has a slice {spec(extents)} outside its shape {list(full.shape)}",
                     path=self.index_path, key=name)
             bounds.append((0 if length < 0 else start, stop))
         key = _index.slice_key(_encode(name), extents)
         j = self._table.find(key)
         if j < 0:
             raise CorruptCheckpointError(
-                f"{where}: the data entry of slice {_spec(extents)} is missing from the index",
+                f"{where}: the data entry of slice {spec(extents)} is missing from the index",
                 path=self.index_path, key=name)
         e = self._entry(j, name)
         expect = tuple(hi - lo for lo, hi in bounds)
         if e.num_slices:
             raise CorruptCheckpointError(
-                f"{where}: the entry of slice {_spec(extents)} lists slices of its own; expected "
+                f"{where}: the entry of slice {spec(extents)} lists slices of its own; expected "
                 f"a plain tensor", path=self.index_path, key=name)
         if e.dtype != full.dtype or e.shape != expect:
             raise CorruptCheckpointError(
-                f"{where}: slice {_spec(extents)} is stored as {e.dtype.name} {list(e.shape)}; "
+                f"{where}: slice {spec(extents)} is stored as {e.dtype.name} {list(e.shape)}; "
                 f"expected {full.dtype.name} {list(expect)}", path=self.index_path, key=name)
         return j, e, bounds
 
@@ -425,23 +425,23 @@ class Checkpoint(Mapping):
             lo[0], hi[0] = rows
         parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
         # Stored slices must not overlap (then their volumes measure coverage).
-        overlap = _find_overlap([bounds for _, _, bounds in parts])
+        overlap = find_overlap([bounds for _, _, bounds in parts])
         if overlap is not None:
             raise CorruptCheckpointError(
                 f"{self.index_path}: tensor {name!r} has overlapping slices "
-                f"{_bounds_spec(overlap[0])} and {_bounds_spec(overlap[1])}",
+                f"{bounds_spec(overlap[0])} and {bounds_spec(overlap[1])}",
                 path=self.index_path, key=name)
         region = list(zip(lo, hi))
         pieces = []
         for j, e, bounds in parts:
-            inter = _intersect(bounds, region)
+            inter = intersect(bounds, region)
             if inter is not None:
                 pieces.append((j, e, bounds, inter))
-        covered = sum(_prod([h - l for l, h in inter]) for *_, inter in pieces)
-        if covered != _prod([h - l for l, h in region]):
+        covered = sum(prod([h - l for l, h in inter]) for *_, inter in pieces)
+        if covered != prod([h - l for l, h in region]):
             raise CorruptCheckpointError(
                 f"{self.index_path}: the stored slices of tensor {name!r} do not cover "
-                f"{_bounds_spec(region)} of its shape {list(shape)}",
+                f"{bounds_spec(region)} of its shape {list(shape)}",
                 path=self.index_path, key=name)
         out = np.empty([h - l for l, h in region], dtype=full.dtype.numpy)
         for j, e, bounds, inter in pieces:
@@ -541,78 +541,8 @@ class Checkpoint(Mapping):
             pass
 
 
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic GC while building many small acyclic containers: its
-    repeated collections would cost more than building them."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _intersect(a, b):
-    out = []
-    for (alo, ahi), (blo, bhi) in zip(a, b):
-        lo, hi = max(alo, blo), min(ahi, bhi)
-        if lo >= hi:
-            return None
-        out.append((lo, hi))
-    return out
-
-
-# Cells of the boundary grid checked for overlaps; TF partitions along one
-# axis, so real tensors need a handful.
-_MAX_GRID_CELLS = 1 << 24
-
-
-def _find_overlap(boxes):
-    """Two overlapping boxes among ``boxes`` (lists of (lo, hi) per dim), or None.
-
-    Linear in the number of grid cells the boxes cover: the boxes' boundaries
-    cut each dimension into intervals, and every box marks its cells once.
-    """
-    import numpy as np
-
-    boxes = [b for b in boxes if all(lo < hi for lo, hi in b)]  # empty boxes overlap nothing
-    if len(boxes) < 2:
-        return None
-    cuts = [sorted({v for b in boxes for v in b[d]}) for d in range(len(boxes[0]))]
-    if _prod(len(c) - 1 for c in cuts) > _MAX_GRID_CELLS:
-        raise UnsupportedError(
-            f"a partitioned tensor with {len(boxes)} slices cut on too many boundaries "
-            f"({' x '.join(str(len(c) - 1) for c in cuts)} cells)")
-    owner = np.full([len(c) - 1 for c in cuts], -1, dtype=np.int64)
-    for k, box in enumerate(boxes):
-        cells = tuple(slice(np.searchsorted(c, lo), np.searchsorted(c, hi))
-                      for c, (lo, hi) in zip(cuts, box))
-        taken = owner[cells]
-        if (taken >= 0).any():
-            return boxes[int(taken[taken >= 0].flat[0])], box
-        owner[cells] = k
-    return None
-
-
-def _spec(extents) -> str:
-    return ":".join("-" if length < 0 else f"{start},{length}" for start, length in extents)
-
-
-def _bounds_spec(bounds) -> str:
-    return _spec([(lo, hi - lo) for lo, hi in bounds])
 
 
 # ---- module-level convenience functions ----------------------------------
@@ -657,7 +587,7 @@ def load(path, verify: bool = True) -> dict:
 
 def list_variables(path) -> list:
     """``[(name, shape), ...]`` sorted by name, as ``tf.train.list_variables``."""
-    with Checkpoint(path) as ckpt, _gc_paused():
+    with Checkpoint(path) as ckpt, gc_paused():
         return ckpt._table.shapes()
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 
+from ._util import remove_file
 from .errors import CorruptCheckpointError
 
-__all__ = ["CheckpointState", "STATE_FILENAME", "read_state", "parse_state"]
+__all__ = ["CheckpointState", "STATE_FILENAME", "read_state", "parse_state", "format_state",
+           "write_state"]
 
 STATE_FILENAME = "checkpoint"
 
@@ -218,3 +221,63 @@ def read_state(directory) -> CheckpointState | None:
             f"{where} is larger than {_MAX_STATE_BYTES} bytes; not a checkpoint state file",
             path=where)
     return parse_state(text, directory, where)
+
+
+def _escape(raw: bytes) -> str:
+    """A text-format string body: C escapes, octal for other bytes outside ASCII."""
+    out = []
+    for c in raw:
+        if c in _WRITE_ESCAPES:
+            out.append(_WRITE_ESCAPES[c])
+        elif 0x20 <= c < 0x7F:
+            out.append(chr(c))
+        else:
+            out.append(f"\\{c:03o}")
+    return "".join(out)
+
+
+_WRITE_ESCAPES = {10: "\\n", 13: "\\r", 9: "\\t", 34: '\\"', 39: "\\'", 92: "\\\\"}
+
+
+def format_state(st: CheckpointState, directory) -> str:
+    """The text of a state file, line for line as TensorFlow writes it.
+
+    Paths inside ``directory`` are written relative to it (as
+    ``tf.train.CheckpointManager`` does), others as they are.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+
+    def path(p: str) -> str:
+        full = os.path.abspath(p)
+        if os.path.dirname(full) == directory:
+            p = os.path.basename(full)
+        return '"' + _escape(os.fsencode(p)) + '"'
+
+    lines = [f"model_checkpoint_path: {path(st.model_checkpoint_path)}"]
+    lines += [f"all_model_checkpoint_paths: {path(p)}" for p in st.all_model_checkpoint_paths]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}"
+              for t in st.all_model_checkpoint_timestamps]
+    if st.last_preserved_timestamp is not None:
+        lines.append(f"last_preserved_timestamp: {st.last_preserved_timestamp!r}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_state(directory, st: CheckpointState, *, fsync: bool = False) -> str:
+    """Replace ``directory/checkpoint`` atomically (temporary file, then rename).
+
+    Returns the state file's path.
+    """
+    directory = os.fspath(directory)
+    target = os.path.join(directory, STATE_FILENAME)
+    temp = f"{target}.tmp{secrets.token_hex(16)}"
+    try:
+        with open(temp, "w", encoding="ascii", newline="\n") as f:
+            f.write(format_state(st, directory))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        remove_file(temp)
+        raise
+    return target

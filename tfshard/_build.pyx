@@ -1,0 +1,414 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Encoding for the writer: entries, the index SSTable, string/variant tensors, and
+the data-file sink that checksums and writes tensor bytes (Cython over csrc/)."""
+
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from posix.unistd cimport write as c_write
+
+import crc32c as _crc32c
+
+from ._format cimport *
+
+cdef extern from "tfs_build.h" nogil:
+    size_t tfs_put_varint64(uint8_t *out, uint64_t v)
+    size_t tfs_entry_bound(int32_t rank)
+    int tfs_encode_entry(int64_t dtype, int32_t rank, const int64_t *dims, int64_t shard_id,
+                         int64_t offset, int64_t size, int has_crc, uint32_t crc,
+                         uint8_t *out, size_t cap, size_t *out_len)
+    size_t tfs_slice_field_bound(int32_t rank)
+    int tfs_encode_slice_field(int32_t rank, const int64_t *starts, const int64_t *lengths,
+                               uint8_t *out, size_t cap, size_t *out_len)
+    size_t tfs_table_bound(size_t n, size_t key_bytes, size_t value_bytes)
+    int tfs_build_table(size_t n, const uint8_t *const *keys, const size_t *key_lens,
+                        const uint8_t *const *values, const size_t *value_lens,
+                        uint32_t *scratch, uint8_t *out, size_t cap, size_t *out_len)
+
+
+cdef int _encode_failed(int status, str what) except -1:
+    # Inputs are validated in Python before they get here, so a failure is a bug
+    # in tfshard rather than bad data: say so plainly.
+    raise ValueError(f"cannot encode {what}: it {status_text(status)}")
+
+
+cdef int32_t _dims(shape, int64_t *dims) except -1:
+    cdef Py_ssize_t rank = len(shape), i
+    if rank > TFS_MAX_RANK:
+        raise ValueError(f"rank {rank} is above the format's limit of {TFS_MAX_RANK}")
+    for i in range(rank):
+        dims[i] = shape[i]
+    return <int32_t>rank
+
+
+def encode_entry(int64_t dtype, shape, int64_t shard_id, int64_t offset, int64_t size, crc):
+    """Serialize a BundleEntryProto for stored tensor bytes (``crc``: masked, or None)."""
+    return _entry(dtype, shape, shard_id, offset, size, crc)
+
+
+cdef bytes _entry(int64_t dtype, shape, int64_t shard_id, int64_t offset, int64_t size, crc):
+    cdef int64_t dims[TFS_MAX_RANK]
+    cdef uint8_t out[64 + 13 * TFS_MAX_RANK]
+    cdef size_t n
+    cdef int32_t rank = _dims(shape, dims)
+    cdef int st = tfs_encode_entry(dtype, rank, dims, shard_id, offset, size,
+                                   crc is not None, crc if crc is not None else 0,
+                                   out, sizeof(out), &n)
+    if st != TFS_OK:
+        _encode_failed(st, "a tensor entry")
+    return PyBytes_FromStringAndSize(<char *>out, n)
+
+
+def encode_partitioned_entry(int64_t dtype, shape, slices):
+    """Serialize the entry of a partitioned tensor: dtype, full shape, and one
+    TensorSliceProto per stored slice (each a sequence of (start, length); length
+    -1 is a whole dimension)."""
+    cdef int64_t starts[TFS_MAX_RANK]
+    cdef int64_t lengths[TFS_MAX_RANK]
+    cdef uint8_t out[6 + 24 * TFS_MAX_RANK]
+    cdef size_t n
+    cdef int32_t rank
+    cdef Py_ssize_t i
+    cdef int st
+    parts = [encode_entry(dtype, shape, 0, 0, 0, None)]
+    for extents in slices:
+        rank = len(extents)
+        if rank > TFS_MAX_RANK:
+            raise ValueError(f"rank {rank} is above the format's limit of {TFS_MAX_RANK}")
+        for i in range(rank):
+            starts[i], lengths[i] = extents[i]
+        st = tfs_encode_slice_field(rank, starts, lengths, out, sizeof(out), &n)
+        if st != TFS_OK:
+            _encode_failed(st, "a tensor slice")
+        parts.append(PyBytes_FromStringAndSize(<char *>out, n))
+    return b"".join(parts)
+
+
+def encode_header(int64_t num_shards, int64_t endianness=0, int64_t producer=1,
+                  int64_t min_consumer=0):
+    """Serialize a BundleHeaderProto; the defaults are what TF writes on
+    little-endian hosts (version {producer: 1})."""
+    cdef uint8_t out[64]
+    cdef uint8_t version[24]
+    cdef size_t n = 0, v = 0
+    if producer:
+        version[v] = 0x08
+        v += 1 + tfs_put_varint64(version + v + 1, <uint64_t>producer)
+    if min_consumer:
+        version[v] = 0x10
+        v += 1 + tfs_put_varint64(version + v + 1, <uint64_t>min_consumer)
+    if num_shards:
+        out[n] = 0x08
+        n += 1 + tfs_put_varint64(out + n + 1, <uint64_t>num_shards)
+    if endianness:
+        out[n] = 0x10
+        n += 1 + tfs_put_varint64(out + n + 1, <uint64_t>endianness)
+    out[n] = 0x1a
+    out[n + 1] = <uint8_t>v
+    memcpy(out + n + 2, version, v)
+    return PyBytes_FromStringAndSize(<char *>out, n + 2 + v)
+
+
+def build_table(list keys, list values):
+    """The bytes of an SSTable holding ``keys`` (strictly increasing bytes) and
+    ``values``, exactly as TensorFlow's table builder lays it out."""
+    cdef size_t n = len(keys), i, key_bytes = 0, value_bytes = 0, cap, out_len
+    cdef const uint8_t **kp = NULL
+    cdef const uint8_t **vp = NULL
+    cdef size_t *kl = NULL
+    cdef size_t *vl = NULL
+    cdef uint32_t *scratch = NULL
+    cdef uint8_t *dst
+    cdef bytes k, v
+    cdef int st
+    if len(values) != n:
+        raise ValueError("keys and values differ in length")
+    try:
+        kp = <const uint8_t **>malloc((n + 1) * sizeof(uint8_t *))
+        vp = <const uint8_t **>malloc((n + 1) * sizeof(uint8_t *))
+        kl = <size_t *>malloc((n + 1) * sizeof(size_t))
+        vl = <size_t *>malloc((n + 1) * sizeof(size_t))
+        scratch = <uint32_t *>malloc(2 * (n + 1) * sizeof(uint32_t))
+        if not (kp and vp and kl and vl and scratch):
+            raise MemoryError()
+        for i in range(n):
+            k = keys[i]
+            v = values[i]
+            kp[i] = <const uint8_t *>PyBytes_AS_STRING(k)
+            vp[i] = <const uint8_t *>PyBytes_AS_STRING(v)
+            kl[i] = len(k)
+            vl[i] = len(v)
+            key_bytes += kl[i]
+            value_bytes += vl[i]
+        cap = tfs_table_bound(n, key_bytes, value_bytes)
+        out = PyBytes_FromStringAndSize(NULL, cap)
+        dst = <uint8_t *>PyBytes_AS_STRING(out)
+        with nogil:
+            st = tfs_build_table(n, kp, kl, vp, vl, scratch, dst, cap, &out_len)
+        if st == TFS_ERR_RANGE:
+            raise ValueError("table keys must be strictly increasing and under 4 GiB")
+        if st != TFS_OK:
+            _encode_failed(st, "the index table")
+        return out[:out_len]
+    finally:
+        free(kp)
+        free(vp)
+        free(kl)
+        free(vl)
+        free(scratch)
+
+
+cdef inline size_t _put_le32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xff
+    p[1] = (v >> 8) & 0xff
+    p[2] = (v >> 16) & 0xff
+    p[3] = (v >> 24) & 0xff
+    return 4
+
+
+cdef inline uint32_t _crc_le(uint32_t crc, uint64_t v, int nbytes) noexcept nogil:
+    cdef uint8_t img[8]
+    cdef int i
+    for i in range(nbytes):
+        img[i] = (v >> (8 * i)) & 0xff
+    return tfs_crc32c_extend(crc, img, nbytes)
+
+
+def encode_strings(list items):
+    """Encode a DT_STRING tensor (FORMAT.md 7.3, little-endian).
+
+    ``items`` are the elements in row-major order, each ``bytes``.
+    Returns ``(data, masked_crc)``.
+    """
+    cdef Py_ssize_t count = len(items), i
+    cdef size_t total = 0, lens_len = 0, o, ln
+    cdef uint32_t len_crc = 0, crc
+    cdef uint8_t *p
+    cdef bytes s
+    for i in range(count):
+        s = items[i]
+        if s is None:
+            raise TypeError("string elements must be bytes, not None")
+        ln = len(s)
+        total += ln
+        lens_len += 1
+        while ln >= 0x80:
+            ln >>= 7
+            lens_len += 1
+    data = PyBytes_FromStringAndSize(NULL, lens_len + 4 + total)
+    p = <uint8_t *>PyBytes_AS_STRING(data)
+    o = 0
+    for i in range(count):
+        s = items[i]
+        ln = len(s)
+        o += tfs_put_varint64(p + o, ln)
+        len_crc = _crc_le(len_crc, ln, 4 if ln <= 0xffffffffu else 8)
+    _put_le32(p + o, tfs_crc_mask(len_crc))
+    # The entry CRC runs over the length images (len_crc so far), then the stored
+    # checksum bytes, then the strings.
+    crc = tfs_crc32c_extend(len_crc, p + o, 4)
+    o += 4
+    for i in range(count):
+        s = items[i]
+        ln = len(s)
+        if ln:
+            memcpy(p + o, PyBytes_AS_STRING(s), ln)
+            crc = tfs_crc32c_extend(crc, p + o, ln)
+            o += ln
+    return data, tfs_crc_mask(crc)
+
+
+def encode_variants(list items):
+    """Encode a DT_VARIANT tensor from serialized VariantTensorDataProto bytes
+    (FORMAT.md 7.4).  Returns ``(data, masked_crc)``."""
+    cdef Py_ssize_t count = len(items), i
+    cdef size_t total = 0, o, ln
+    cdef uint32_t crc = 0
+    cdef uint8_t *p
+    cdef bytes s
+    for i in range(count):
+        s = items[i]
+        if s is None:
+            raise TypeError("variant elements must be bytes, not None")
+        total += len(s) + 10 + 4
+    data = PyBytes_FromStringAndSize(NULL, total)
+    p = <uint8_t *>PyBytes_AS_STRING(data)
+    o = 0
+    for i in range(count):
+        s = items[i]
+        ln = len(s)
+        o += tfs_put_varint64(p + o, ln)
+        crc = _crc_le(crc, ln, 8)
+        if ln:
+            memcpy(p + o, PyBytes_AS_STRING(s), ln)
+            crc = tfs_crc32c_extend(crc, p + o, ln)
+            o += ln
+        _put_le32(p + o, tfs_crc_mask(crc))
+        crc = tfs_crc32c_extend(crc, p + o, 4)
+        o += 4
+    return data[:o], tfs_crc_mask(crc)
+
+
+cdef enum:
+    # Tensors up to this size are copied into a staging buffer and written in
+    # batches; larger ones are written straight from the caller's memory.
+    STAGE_SIZE = 1 << 20
+    # Large tensors are checksummed and written in chunks of this size, so the
+    # bytes the CRC just read are still in cache when write() copies them.
+    CHUNK = 1 << 20
+    MAX_ALIGNMENT = 1 << 20
+    # Tensors from this size on have their CRC computed on another thread
+    # while they are written, when the caller passes a thread pool.
+    PARALLEL_CRC_MIN = STAGE_SIZE
+
+
+cdef int _write_all(int fd, const uint8_t *p, size_t n) noexcept nogil:
+    """write() until done; 0, or the errno of the failure."""
+    cdef ssize_t w
+    while n:
+        w = c_write(fd, p, n if n < (1 << 30) else (1 << 30))
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        p += w
+        n -= <size_t>w
+    return 0
+
+
+cdef class DataFile:
+    """Appends tensors to one data file: checksums them, pads to the alignment,
+    batches small writes.
+
+    The file descriptor is owned by the caller, who closes it after
+    :meth:`flush`.  Not thread-safe: one DataFile per thread.
+    """
+
+    cdef int fd
+    cdef size_t alignment
+    cdef uint8_t *stage
+    cdef size_t staged
+    cdef readonly int64_t position   # bytes appended so far, staged included
+    cdef readonly object path
+
+    def __cinit__(self):
+        self.stage = NULL
+
+    def __init__(self, int fd, Py_ssize_t alignment, path=None):
+        if alignment < 1 or alignment > MAX_ALIGNMENT:
+            raise ValueError(f"alignment must be between 1 and {MAX_ALIGNMENT}")
+        self.fd = fd
+        self.alignment = alignment
+        self.path = path
+        self.stage = <uint8_t *>malloc(STAGE_SIZE)
+        if self.stage == NULL:
+            raise MemoryError()
+        self.staged = 0
+        self.position = 0
+
+    def __dealloc__(self):
+        free(self.stage)
+
+    cdef int _raise(self, int err) except -1:
+        import os
+        raise OSError(err, os.strerror(err), self.path)
+
+    cdef int _flush(self) except -1:
+        cdef int err
+        with nogil:
+            err = _write_all(self.fd, self.stage, self.staged)
+        if err:
+            self._raise(err)
+        self.staged = 0
+        return 0
+
+    def flush(self):
+        """Write out whatever is staged."""
+        self._flush()
+
+    def append_all(self, list tensors, int64_t shard_id, crc_pool=None):
+        """Append tensors and return their encoded BundleEntryProtos.
+
+        Each item is a sequence ``(key, name, dtype, shape, payload, nbytes, crc)``
+        (the writer's _Tensor): ``dtype.code`` is stored, ``payload`` written,
+        and its CRC computed unless ``crc`` (masked) is given.  With
+        ``crc_pool`` (a concurrent.futures executor), large tensors are
+        checksummed there while this thread writes them: the two passes over
+        memory then take the time of one.
+        """
+        cdef list out = []
+        cdef int64_t offset, size
+        cdef uint32_t crc
+        for t in tensors:
+            given = t[6]
+            offset = self.position
+            if given is None and crc_pool is not None and t[5] >= PARALLEL_CRC_MIN:
+                pending = crc_pool.submit(_crc32c.crc32c, t[4])
+                try:
+                    size = self._append(t[4], False, &crc)
+                finally:
+                    given = tfs_crc_mask(pending.result())
+            else:
+                size = self._append(t[4], given is None, &crc)
+            out.append(_entry(t[2].code, t[3], shard_id, offset, size,
+                              crc if given is None else given))
+        return out
+
+    def append(self, data, bint checksum=True):
+        """Append one tensor's bytes (any C-contiguous buffer).
+
+        Returns ``(offset, size, masked_crc)``; ``masked_crc`` is None when
+        ``checksum`` is false (the caller supplies it).
+        """
+        cdef int64_t offset = self.position
+        cdef uint32_t crc
+        cdef int64_t size = self._append(data, checksum, &crc)
+        return offset, size, (crc if checksum else None)
+
+    cdef int64_t _append(self, data, bint checksum, uint32_t *masked) except -1:
+        """Append bytes, pad to the alignment; returns the size, CRC to *masked."""
+        cdef Py_buffer view
+        cdef const uint8_t *p
+        cdef size_t n, done, step, pad
+        cdef uint32_t crc = 0
+        cdef int err = 0
+        PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS)
+        try:
+            p = <const uint8_t *>view.buf
+            n = <size_t>view.len
+            if n > STAGE_SIZE - self.staged:
+                self._flush()
+            if n <= STAGE_SIZE - self.staged:
+                if checksum:
+                    crc = tfs_crc32c_extend(0, p, n)
+                if n:
+                    memcpy(self.stage + self.staged, p, n)
+                self.staged += n
+            elif not checksum:
+                with nogil:
+                    err = _write_all(self.fd, p, n)
+            else:
+                with nogil:
+                    done = 0
+                    while done < n and not err:
+                        step = n - done if n - done < CHUNK else CHUNK
+                        crc = tfs_crc32c_extend(crc, p + done, step)
+                        err = _write_all(self.fd, p + done, step)
+                        done += step
+                if err:
+                    self._raise(err)
+        finally:
+            PyBuffer_Release(&view)
+        self.position += n
+        pad = (self.alignment - <size_t>(self.position % self.alignment)) % self.alignment
+        if pad:
+            if pad > STAGE_SIZE - self.staged:
+                self._flush()
+            memset(self.stage + self.staged, 0, pad)
+            self.staged += pad
+            self.position += pad
+        masked[0] = tfs_crc_mask(crc)
+        return <int64_t>n

@@ -1,0 +1,96 @@
+"""Slices of partitioned tensors: TF's slice-spec strings and box arithmetic.
+
+A slice is a list of extents, one per dimension, each ``(start, length)``;
+``length == -1`` means the whole dimension (as in ``TensorSliceProto``).
+"""
+
+from __future__ import annotations
+
+from .errors import UnsupportedError
+
+__all__ = ["parse_spec", "spec", "bounds_spec", "bounds", "find_overlap", "intersect", "prod"]
+
+# Cells of the boundary grid checked for overlaps; TF partitions along one
+# axis, so real tensors need a handful.
+_MAX_GRID_CELLS = 1 << 24
+
+
+def prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def spec(extents) -> str:
+    """TF's slice string: ``"0,5:-"``."""
+    return ":".join("-" if length < 0 else f"{start},{length}" for start, length in extents)
+
+
+def bounds_spec(bounds) -> str:
+    return spec([(lo, hi - lo) for lo, hi in bounds])
+
+
+def parse_spec(text: str) -> list:
+    """Extents of a slice string such as ``"0,5:-"``.
+
+    Raises ValueError on anything else; ranks are not checked here.
+    """
+    extents = []
+    for item in text.strip().split(":"):
+        item = item.strip()
+        if item == "-":
+            extents.append((0, -1))
+            continue
+        parts = item.split(",")
+        if len(parts) != 2:
+            raise ValueError(f"expected 'start,length' or '-', got {item!r}")
+        start, length = (int(p) for p in parts)
+        if start < 0 or length < 0:
+            raise ValueError(f"start and length must not be negative, got {item!r}")
+        extents.append((start, length))
+    return extents
+
+
+def bounds(extents, shape) -> list:
+    """``[(lo, hi), ...]`` of a slice within ``shape`` (whole extents expanded)."""
+    return [(0, dim) if length < 0 else (start, start + length)
+            for (start, length), dim in zip(extents, shape)]
+
+
+def intersect(a, b):
+    """The common box of two boxes, or None when they do not meet."""
+    out = []
+    for (alo, ahi), (blo, bhi) in zip(a, b):
+        lo, hi = max(alo, blo), min(ahi, bhi)
+        if lo >= hi:
+            return None
+        out.append((lo, hi))
+    return out
+
+
+def find_overlap(boxes):
+    """Two overlapping boxes among ``boxes`` (lists of (lo, hi) per dim), or None.
+
+    Linear in the number of grid cells the boxes cover: the boxes' boundaries
+    cut each dimension into intervals, and every box marks its cells once.
+    """
+    import numpy as np
+
+    boxes = [b for b in boxes if all(lo < hi for lo, hi in b)]  # empty boxes overlap nothing
+    if len(boxes) < 2:
+        return None
+    cuts = [sorted({v for b in boxes for v in b[d]}) for d in range(len(boxes[0]))]
+    if prod(len(c) - 1 for c in cuts) > _MAX_GRID_CELLS:
+        raise UnsupportedError(
+            f"a partitioned tensor with {len(boxes)} slices cut on too many boundaries "
+            f"({' x '.join(str(len(c) - 1) for c in cuts)} cells)")
+    owner = np.full([len(c) - 1 for c in cuts], -1, dtype=np.int64)
+    for k, box in enumerate(boxes):
+        cells = tuple(slice(np.searchsorted(c, lo), np.searchsorted(c, hi))
+                      for c, (lo, hi) in zip(cuts, box))
+        taken = owner[cells]
+        if (taken >= 0).any():
+            return boxes[int(taken[taken >= 0].flat[0])], box
+        owner[cells] = k
+    return None

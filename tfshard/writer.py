@@ -1,0 +1,629 @@
+"""Writing TensorFlow V2 checkpoints: :class:`CheckpointWriter` and :func:`save`.
+
+Tensor bytes are appended to data shards as they are added, under temporary
+names; :meth:`CheckpointWriter.commit` renames the shards into place and writes
+``P.index`` last, so a prefix's index exists only when every byte it points to
+is complete.  The index encoding (in C) reproduces TensorFlow's byte for byte.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from . import _build, _index, dtypes
+from ._util import fsync_directory, gc_paused, remove_file
+from .errors import InvalidTensorError, WriterClosedError
+from .paths import data_filename, index_filename
+from .slices import bounds, bounds_spec, find_overlap, parse_spec, spec
+
+__all__ = ["CheckpointWriter", "save", "DEFAULT_ALIGNMENT"]
+
+#: Default byte alignment of tensor offsets in data files.  64 bytes (a cache
+#: line, and more than any dtype needs) makes every tensor a properly aligned
+#: zero-copy view for numpy and friends, for at most 63 padding bytes per
+#: tensor.  TF's own writer packs densely (alignment 1) and its readers follow
+#: offsets, so both restore in TF; pass ``alignment=1`` for files
+#: byte-identical to TensorFlow's.
+DEFAULT_ALIGNMENT = 64
+
+_TEMP_MARK = ".tempstate"
+
+
+class _Tensor(NamedTuple):
+    """A validated tensor, ready to append: ``payload`` holds its stored bytes."""
+
+    key: bytes
+    name: str
+    dtype: dtypes.DType
+    shape: tuple
+    payload: object  # a C-contiguous buffer (bytes, or an array numpy can export)
+    nbytes: int
+    crc: int | None  # masked CRC when the encoding computed it (strings, variants)
+
+
+class _Shard:
+    """One data file being written under a temporary name."""
+
+    def __init__(self, prefix: str, shard_id: int, alignment: int):
+        self.id = shard_id
+        self.temp_path = f"{prefix}.data-{shard_id:05d}{_TEMP_MARK}{secrets.randbits(63)}"
+        self.fd = os.open(self.temp_path,
+                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                          0o666)
+        self.sink = _build.DataFile(self.fd, alignment, self.temp_path)
+        self.planned = 0  # bytes assigned by add_all but not yet written
+
+    def append(self, t: _Tensor, crc_pool=None) -> bytes:
+        """Write one tensor; returns its encoded index entry."""
+        return self.sink.append_all([t], self.id, crc_pool)[0]
+
+    def append_all(self, tensors: list, crc_pool=None) -> list:
+        """Write tensors in order; returns their encoded index entries.  With
+        ``crc_pool``, large tensors are checksummed there while being written."""
+        return self.sink.append_all(tensors, self.id, crc_pool)
+
+    def close(self, fsync: bool):
+        if self.fd < 0:
+            return
+        try:
+            self.sink.flush()
+            if fsync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Partitioned:
+    """What a partitioned tensor's full entry records: dtype, shape, slices."""
+
+    def __init__(self, dtype: dtypes.DType, shape: tuple):
+        self.dtype = dtype
+        self.shape = shape
+        self.slices: list = []
+
+
+class CheckpointWriter:
+    """Write one checkpoint (``prefix.index`` + data shards) atomically.
+
+    Use it as a context manager: on a clean exit the checkpoint is committed;
+    if the block raises, every file written so far is removed and nothing
+    appears under the checkpoint's names.
+
+    >>> with tfshard.CheckpointWriter("out/model.ckpt") as w:   # doctest: +SKIP
+    ...     w.add("dense/kernel", kernel)
+    ...     w.add_slice("emb", [1000, 64], "0,500:-", emb[:500])
+    ...     w.add_slice("emb", [1000, 64], "500,500:-", emb[500:])
+
+    Parameters
+    ----------
+    prefix : str or os.PathLike
+        Checkpoint prefix; its directory is created if needed.  An existing
+        checkpoint of the same prefix is replaced at commit.
+    num_shards : int
+        Number of data files.  Each tensor goes to the shard holding the fewest
+        bytes so far; :meth:`add_all` writes the shards in parallel threads.
+    max_shard_size : int, optional
+        Instead of ``num_shards``: start a new data file whenever the next
+        tensor would take the current one past this many bytes (a larger tensor
+        gets a file of its own).
+    alignment : int
+        Byte alignment of every tensor's offset (default
+        :data:`DEFAULT_ALIGNMENT`; 1 packs like TensorFlow).
+    fsync : bool
+        Flush data and index to stable storage before each rename, so the
+        checkpoint survives a power loss once :meth:`commit` returns.
+
+    Notes
+    -----
+    Bytes are written as tensors are added, so memory stays at one tensor's
+    encoding.  A tensor whose validation fails raises
+    :class:`~tfshard.InvalidTensorError` before any of its bytes are written.
+    """
+
+    def __init__(self, prefix, *, num_shards: int = 1, max_shard_size: int | None = None,
+                 alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False):
+        prefix = os.fspath(prefix)
+        if not isinstance(prefix, str) or not prefix or prefix.endswith(os.sep):
+            raise InvalidTensorError(f"a checkpoint prefix must be a non-empty path that does "
+                                     f"not end in a separator, got {prefix!r}", path=prefix)
+        if max_shard_size is not None and num_shards != 1:
+            raise InvalidTensorError("pass num_shards or max_shard_size, not both")
+        if not isinstance(num_shards, int) or num_shards < 1:
+            raise InvalidTensorError(f"num_shards must be a positive integer, got {num_shards!r}")
+        if max_shard_size is not None and (not isinstance(max_shard_size, int)
+                                           or max_shard_size < 1):
+            raise InvalidTensorError(
+                f"max_shard_size must be a positive number of bytes, got {max_shard_size!r}")
+        if not isinstance(alignment, int) or not 1 <= alignment <= 1 << 20:
+            raise InvalidTensorError(
+                f"alignment must be an integer from 1 to 1 MiB, got {alignment!r}")
+        self.prefix = prefix
+        self.alignment = alignment
+        self.fsync = fsync
+        self._max_shard_size = max_shard_size
+        self._entries: dict[bytes, bytes] = {}
+        self._partitioned: dict[bytes, _Partitioned] = {}
+        self._shards: list[_Shard] = []
+        self._pool = None
+        self._state = "open"
+        directory = os.path.dirname(prefix)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            for _ in range(num_shards if max_shard_size is None else 1):
+                self._new_shard()
+        except BaseException:
+            self.abort()
+            raise
+
+    # ---- adding tensors ----------------------------------------------------
+
+    def add(self, name: str, array, *, dtype: str | None = None) -> None:
+        """Add one tensor and write its bytes.
+
+        Parameters
+        ----------
+        name : str
+            The checkpoint key (e.g. ``"dense/kernel"``); unique, non-empty.
+        array : array_like
+            numpy array or anything ``numpy.asarray`` accepts.  ``object``,
+            ``bytes_`` or ``str_`` arrays are saved as TF strings (elements
+            ``bytes`` or ``str``, the latter UTF-8 encoded).
+        dtype : str, optional
+            TensorFlow dtype name to store (``"bfloat16"``, ``"qint8"``,
+            ``"variant"``...); values are converted as ``numpy.astype`` does.
+            By default the array's own dtype.
+
+        Raises
+        ------
+        InvalidTensorError
+            Bad name, duplicate, or data that cannot be saved.
+        """
+        self._check_open()
+        t = self._prepare(name, array, dtype)
+        self._claim(t.key, name)
+        self._entries[t.key] = self._shard_for(t.nbytes).append(t, self._crc_pool())
+
+    def add_slice(self, name: str, full_shape, slice_spec, array, *,
+                  dtype: str | None = None) -> None:
+        """Add one slice of a partitioned tensor (TF1 partitioned variables).
+
+        Parameters
+        ----------
+        name : str
+            The full tensor's name.
+        full_shape : sequence of int
+            Shape of the whole tensor; the same for every slice of ``name``.
+        slice_spec : str or sequence of (start, length)
+            Which part ``array`` is: TF's form ``"0,5:-"`` (``-`` = the whole
+            dimension) or pairs such as ``[(0, 5), (0, -1)]``.
+        array : array_like
+            The slice's values; its shape must be the slice's extent.
+        dtype : str, optional
+            As in :meth:`add`.
+
+        A slice covering the whole tensor is stored as a plain tensor, as TF does.
+        Slices must not overlap; they need not cover the whole tensor (reading
+        an uncovered region is an error).
+        """
+        self._check_open()
+        full_shape = self._shape(name, full_shape)
+        extents = self._extents(name, full_shape, slice_spec)
+        if all(length < 0 or (start == 0 and length == dim)
+               for (start, length), dim in zip(extents, full_shape)):
+            return self.add(name, array, dtype=dtype)
+        key = self._key(name)
+        t = self._prepare(name, array, dtype)
+        expect = tuple(hi - lo for lo, hi in bounds(extents, full_shape))
+        if t.shape != expect:
+            raise InvalidTensorError(
+                f"slice {spec(extents)} of {name!r} {list(full_shape)} has shape {list(expect)}, "
+                f"but the array's shape is {list(t.shape)}", key=name)
+        full = self._partitioned.get(key)
+        if full is None:
+            if key in self._entries:
+                raise InvalidTensorError(f"tensor {name!r} was already added unpartitioned",
+                                         key=name)
+            full = _Partitioned(t.dtype, full_shape)
+        elif (full.dtype, full.shape) != (t.dtype, full_shape):
+            raise InvalidTensorError(
+                f"slices of {name!r} disagree: {full.dtype.name} {list(full.shape)} before, "
+                f"{t.dtype.name} {list(full_shape)} now", key=name)
+        slice_key = _index.slice_key(key, extents)
+        if slice_key in self._entries:
+            raise InvalidTensorError(f"slice {spec(extents)} of {name!r} was already added",
+                                     key=name)
+        self._partitioned[key] = full
+        full.slices.append(extents)
+        self._entries[slice_key] = self._shard_for(t.nbytes).append(t._replace(key=slice_key),
+                                                                   self._crc_pool())
+
+    def add_all(self, tensors) -> None:
+        """Add many tensors: a mapping or an iterable of ``(name, array)`` pairs.
+
+        Every tensor is validated before any is written; with several shards
+        the shards are then written in parallel threads.
+        """
+        self._check_open()
+        with gc_paused():
+            self._add_all(tensors.items() if isinstance(tensors, Mapping) else tensors)
+
+    def _add_all(self, items):
+        import numpy as np
+
+        prepared, seen = [], set()
+        plain, ndarray, taken = _plain_dtypes(), np.ndarray, self._entries
+        for name, array in items:
+            # Inline fast path of _prepare for the common case (contiguous numeric
+            # arrays with str names): per-tensor cost bounds many-small-tensor saves.
+            if (type(name) is str and name and type(array) is ndarray
+                    and array.flags.c_contiguous and (dt := plain.get(array.dtype))):
+                t = _Tensor(name.encode("utf-8", "surrogateescape"), name, dt, array.shape,
+                            array, array.nbytes, None)
+            else:
+                t = self._prepare(name, array, None)
+            if t.key in seen or t.key in taken or t.key in self._partitioned:
+                raise InvalidTensorError(f"tensor {name!r} is added twice", key=name)
+            seen.add(t.key)
+            prepared.append(t)
+        plan: dict[int, list] = {}
+        if len(self._shards) == 1 and self._max_shard_size is None:
+            plan[0] = prepared
+        else:
+            for t in prepared:
+                plan.setdefault(self._shard_for(t.nbytes, reserve=True).id, []).append(t)
+            for shard in self._shards:
+                shard.planned = 0
+
+        if len(plan) > 1:
+            # One thread per shard; CRC and write() both run without the GIL.
+            def write(shard_id):
+                return self._shards[shard_id].append_all(plan[shard_id])
+
+            with ThreadPoolExecutor(min(len(plan), os.cpu_count() or 1)) as pool:
+                results = list(pool.map(write, plan))
+        else:
+            results = [self._shards[i].append_all(plan[i], self._crc_pool()) for i in plan]
+        for tensors, entries in zip(plan.values(), results):
+            self._entries.update(zip([t.key for t in tensors], entries))
+
+    # ---- validation --------------------------------------------------------
+
+    def _check_open(self):
+        if self._state != "open":
+            raise WriterClosedError(f"the writer of {self.prefix!r} is already {self._state}",
+                                    path=self.prefix)
+
+    @staticmethod
+    def _key(name) -> bytes:
+        if not isinstance(name, str):
+            raise InvalidTensorError(f"tensor names must be str, got {type(name).__name__} "
+                                     f"{name!r}")
+        if not name:
+            raise InvalidTensorError("tensor names must not be empty (the empty key holds the "
+                                     "checkpoint header)")
+        try:
+            # surrogateescape: names the reader returned from non-UTF-8 keys round-trip.
+            return name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise InvalidTensorError(f"tensor name {name!r} cannot be encoded: {exc}",
+                                     key=name) from None
+
+    def _claim(self, key: bytes, name: str):
+        if key in self._entries or key in self._partitioned:
+            raise InvalidTensorError(f"tensor {name!r} was already added", key=name)
+
+    @staticmethod
+    def _shape(name, shape) -> tuple:
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise InvalidTensorError(f"shape of {name!r} must be a sequence of integers, got "
+                                     f"{shape!r}", key=name) from None
+        if any(d < 0 for d in shape) or len(shape) > 254:
+            raise InvalidTensorError(f"shape {list(shape)} of {name!r} is invalid (negative "
+                                     f"dimension or rank above 254)", key=name)
+        return shape
+
+    @staticmethod
+    def _extents(name, full_shape, slice_spec) -> list:
+        try:
+            if isinstance(slice_spec, str):
+                extents = parse_spec(slice_spec)
+            else:
+                extents = [(0, -1) if length is None or length < 0 else (int(start), int(length))
+                           for start, length in slice_spec]
+        except (TypeError, ValueError) as exc:
+            raise InvalidTensorError(f"slice spec {slice_spec!r} of {name!r} is invalid: {exc}",
+                                     key=name) from None
+        if len(extents) != len(full_shape) or not full_shape:
+            raise InvalidTensorError(
+                f"slice spec {slice_spec!r} has {len(extents)} dimensions but {name!r} has shape "
+                f"{list(full_shape)}", key=name)
+        for (start, length), dim in zip(extents, full_shape):
+            if length >= 0 and not (0 <= start and start + length <= dim):
+                raise InvalidTensorError(
+                    f"slice {spec(extents)} lies outside the shape {list(full_shape)} of "
+                    f"{name!r}", key=name)
+        return extents
+
+    def _prepare(self, name, array, dtype_name) -> _Tensor:
+        """Validate one tensor and produce its stored bytes (no I/O)."""
+        import numpy as np
+
+        key = self._key(name)
+        if dtype_name is None and type(array) is np.ndarray:
+            # Fast path: a contiguous array of a plain numeric dtype is stored as is.
+            dt = _plain_dtypes().get(array.dtype)
+            if dt is not None and array.flags.c_contiguous:
+                return _Tensor(key, name, dt, array.shape, array, array.nbytes, None)
+        try:
+            dt = None if dtype_name is None else dtypes.by_name(dtype_name)
+        except KeyError:
+            raise InvalidTensorError(f"unknown dtype {dtype_name!r} for {name!r}; expected a "
+                                     f"TensorFlow dtype name such as 'float32'",
+                                     key=name) from None
+        try:
+            arr = array if isinstance(array, np.ndarray) else np.asarray(array)
+        except Exception as exc:  # numpy raises many types for unconvertible input
+            raise InvalidTensorError(f"{name!r}: cannot convert {type(array).__name__} to an "
+                                     f"array: {exc}", key=name) from None
+        if arr.ndim > 254:
+            raise InvalidTensorError(f"{name!r} has rank {arr.ndim}; the format allows 254",
+                                     key=name)
+        if dt is None:
+            dt = _dtype_of(arr, name)
+        if dt.kind in (dtypes.STRING, dtypes.VARIANT):
+            items = _as_bytes_list(arr, name, dt)
+            payload, crc = (_build.encode_strings(items) if dt.kind == dtypes.STRING
+                            else _build.encode_variants(items))
+            return _Tensor(key, name, dt, arr.shape, payload, len(payload), crc)
+        if arr.dtype != dt.numpy:
+            if arr.dtype.kind in "OSUV":
+                raise InvalidTensorError(f"{name!r}: cannot store a {arr.dtype} array as "
+                                         f"{dt.name}", key=name)
+            try:
+                arr = arr.astype(dt.numpy)
+            except (TypeError, ValueError) as exc:
+                raise InvalidTensorError(f"{name!r}: cannot convert {arr.dtype} to {dt.name}: "
+                                         f"{exc}", key=name) from None
+        shape = arr.shape
+        if dt.kind == dtypes.SUBBYTE:
+            # One byte per element with the value in the low bits and the high
+            # bits zero, as TensorFlow writes them.
+            arr = np.ascontiguousarray(arr).view(np.uint8) & np.uint8((1 << dt.bits) - 1)
+        elif not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        if dt.numpy_name.startswith("ml_dtypes."):
+            arr = arr.reshape(-1).view(np.uint8)  # numpy cannot export these dtypes as buffers
+        return _Tensor(key, name, dt, shape, arr, arr.nbytes, None)
+
+    # ---- shards ------------------------------------------------------------
+
+    def _crc_pool(self):
+        """A one-thread executor that checksums large tensors while they are
+        written (on one core the two passes would add up)."""
+        if self._pool is None and (os.cpu_count() or 1) > 1:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tfshard-crc")
+        return self._pool
+
+    def _new_shard(self) -> _Shard:
+        shard = _Shard(self.prefix, len(self._shards), self.alignment)
+        self._shards.append(shard)
+        return shard
+
+    def _shard_for(self, nbytes: int, reserve: bool = False) -> _Shard:
+        """The shard the next tensor of ``nbytes`` goes to.  With ``reserve`` the
+        bytes are only counted (for planning parallel writes)."""
+        def used(s):
+            return s.sink.position + s.planned
+
+        if self._max_shard_size is None:
+            shard = min(self._shards, key=used) if len(self._shards) > 1 else self._shards[0]
+        else:
+            shard = self._shards[-1]
+            if used(shard) and used(shard) + nbytes > self._max_shard_size:
+                shard = self._new_shard()
+        if reserve:
+            pad = -nbytes % self.alignment
+            shard.planned += nbytes + pad
+        return shard
+
+    # ---- commit / abort ----------------------------------------------------
+
+    def commit(self) -> str:
+        """Finish the checkpoint: close the data files, rename them into place,
+        then write ``prefix.index``.  Returns the prefix.
+
+        Raises
+        ------
+        InvalidTensorError
+            If two slices of a partitioned tensor overlap (then nothing is kept).
+        """
+        self._check_open()
+        try:
+            index = self._index_bytes()
+            for shard in self._shards:
+                shard.close(self.fsync)
+            self._install(index)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        self._shutdown_pool()
+        return self.prefix
+
+    def _shutdown_pool(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _index_bytes(self) -> bytes:
+        entries = dict(self._entries)
+        for key, full in self._partitioned.items():
+            overlap = find_overlap([bounds(e, full.shape) for e in full.slices])
+            if overlap:
+                name = key.decode("utf-8", "surrogateescape")
+                raise InvalidTensorError(
+                    f"slices {bounds_spec(overlap[0])} and {bounds_spec(overlap[1])} of {name!r} "
+                    f"overlap", key=name)
+            entries[key] = _build.encode_partitioned_entry(full.dtype.code, full.shape,
+                                                           full.slices)
+        keys = sorted(entries)
+        return _build.build_table([b""] + keys,
+                                  [_build.encode_header(len(self._shards))]
+                                  + [entries[k] for k in keys])
+
+    def _install(self, index: bytes):
+        prefix, n = self.prefix, len(self._shards)
+        # An old index of this prefix must not describe the new data files, even
+        # for a moment: remove it before they are renamed over the old ones.
+        remove_file(index_filename(prefix))
+        for shard in self._shards:
+            os.replace(shard.temp_path, data_filename(prefix, shard.id, n))
+            shard.temp_path = None
+        write_index_file(prefix, index, self.fsync)
+        if self.fsync:
+            fsync_directory(os.path.dirname(prefix) or ".")
+        remove_stale_shards(prefix, n)
+
+    def abort(self) -> None:
+        """Discard the checkpoint: close and delete everything written.  Idempotent."""
+        if self._state == "committed":
+            return
+        self._state = "aborted"
+        self._shutdown_pool()
+        for shard in self._shards:
+            try:
+                shard.close(False)
+            except OSError:
+                pass
+            if shard.temp_path:
+                remove_file(shard.temp_path)
+                shard.temp_path = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    def __del__(self):
+        if getattr(self, "_state", None) == "open":
+            self.abort()
+
+    def __repr__(self) -> str:
+        return (f"<tfshard.CheckpointWriter {self.prefix!r} {self._state}, "
+                f"{len(self._entries)} entries, {len(self._shards)} shards>")
+
+
+def save(prefix, tensors, *, num_shards: int = 1, max_shard_size: int | None = None,
+         alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False) -> str:
+    """Write ``tensors`` as a checkpoint at ``prefix``, atomically.
+
+    Parameters
+    ----------
+    prefix : str or os.PathLike
+    tensors : mapping or iterable of (name, array)
+        What :meth:`CheckpointWriter.add` accepts, e.g. ``tfshard.load(...)``'s result.
+    num_shards, max_shard_size, alignment, fsync
+        As for :class:`CheckpointWriter`.
+
+    Returns
+    -------
+    str
+        The prefix, for ``tfshard.open`` or ``tf.train.load_checkpoint``.
+
+    Raises
+    ------
+    InvalidTensorError
+        Before anything is written, if any tensor cannot be saved.
+    """
+    with CheckpointWriter(prefix, num_shards=num_shards, max_shard_size=max_shard_size,
+                          alignment=alignment, fsync=fsync) as w:
+        w.add_all(tensors)
+    return w.prefix
+
+
+# ---- helpers ---------------------------------------------------------------
+
+_PLAIN_DTYPES: dict = {}
+
+
+def _plain_dtypes() -> dict:
+    """numpy dtype -> DType for types whose array bytes are stored unchanged and
+    that numpy exports as buffers (not ml_dtypes, not sub-byte types)."""
+    if not _PLAIN_DTYPES:
+        for code in range(1, 34):
+            try:
+                dt = dtypes.by_code(code)
+            except KeyError:
+                continue
+            if (dt.kind == dtypes.FIXED and not dt.numpy_name.startswith("ml_dtypes.")
+                    and dt.name == dt.numpy.name):
+                _PLAIN_DTYPES[dt.numpy] = dt
+    return _PLAIN_DTYPES
+
+
+def _dtype_of(arr, name) -> dtypes.DType:
+    kind = arr.dtype.kind
+    if kind in "OSU":
+        return dtypes.by_name("string")
+    try:
+        return dtypes.by_name(arr.dtype.name)
+    except KeyError:
+        raise InvalidTensorError(f"{name!r}: numpy dtype {arr.dtype} has no TensorFlow "
+                                 f"equivalent", key=name) from None
+
+
+def _as_bytes_list(arr, name, dt) -> list:
+    """The elements of a string or variant array, row-major, as bytes."""
+    items = arr.ravel().tolist()
+    for i, v in enumerate(items):
+        if type(v) is bytes:
+            continue
+        if isinstance(v, str) and dt.kind == dtypes.STRING:
+            items[i] = v.encode("utf-8", "surrogateescape")
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            items[i] = bytes(v)
+        else:
+            raise InvalidTensorError(
+                f"{name!r}: element {i} of a {dt.name} tensor is {type(v).__name__}; expected "
+                f"bytes{' or str' if dt.kind == dtypes.STRING else ''}", key=name)
+    return items
+
+
+def write_index_file(prefix: str, index: bytes, fsync: bool):
+    """Write ``prefix.index`` through a temporary file and a rename."""
+    path = index_filename(prefix)
+    temp = f"{path}{_TEMP_MARK}{secrets.randbits(63)}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(index)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        remove_file(temp)
+        raise
+
+
+def remove_stale_shards(prefix: str, num_shards: int):
+    """Delete data files an earlier save of ``prefix`` left with another shard count."""
+    pattern = re.compile(re.escape(prefix) + r"\.data-\d{5,}-of-(\d{5,})$")
+    for path in glob.glob(glob.escape(prefix) + ".data-*-of-*"):
+        m = pattern.match(path)
+        if m and int(m.group(1)) != num_shards:
+            remove_file(path)
