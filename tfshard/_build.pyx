@@ -161,6 +161,28 @@ def build_table(list keys, list values):
         free(scratch)
 
 
+def prepare_plain(list pairs, dict plain, tensor_type, ndarray_type):
+    """The writer's fast path over ``(name, array)`` pairs.
+
+    A pair whose name is a non-empty str and whose array is a C-contiguous
+    ``ndarray_type`` with a dtype in ``plain`` (numpy dtype -> DType) becomes
+    ``tensor_type(key, name, dtype, shape, array, nbytes, None)``; any other
+    pair gives None, for the caller's general path.
+    """
+    cdef list out = []
+    for pair in pairs:
+        name, array = pair
+        if type(name) is str and len(<str>name) and type(array) is ndarray_type:
+            dt = plain.get(array.dtype)
+            if dt is not None and array.flags.c_contiguous:
+                out.append(tuple.__new__(tensor_type, (
+                    (<str>name).encode("utf-8", "surrogateescape"), name, dt, array.shape,
+                    array, array.nbytes, None)))
+                continue
+        out.append(None)
+    return out
+
+
 cdef inline size_t _put_le32(uint8_t *p, uint32_t v) noexcept nogil:
     p[0] = v & 0xff
     p[1] = (v >> 8) & 0xff

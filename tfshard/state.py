@@ -223,16 +223,21 @@ def read_state(directory) -> CheckpointState | None:
     return parse_state(text, directory, where)
 
 
-def _escape(raw: bytes) -> str:
-    """A text-format string body: C escapes, octal for other bytes outside ASCII."""
+def _escape(text: str) -> str:
+    """A text-format string body as TensorFlow writes it: C escapes for quotes,
+    backslashes and control characters, other characters as UTF-8; bytes that
+    are not UTF-8 (surrogate-escaped in ``text``) as octal escapes."""
     out = []
-    for c in raw:
+    for ch in text:
+        c = ord(ch)
         if c in _WRITE_ESCAPES:
             out.append(_WRITE_ESCAPES[c])
-        elif 0x20 <= c < 0x7F:
-            out.append(chr(c))
-        else:
+        elif c < 0x20 or c == 0x7F:
             out.append(f"\\{c:03o}")
+        elif 0xDC80 <= c <= 0xDCFF:  # a raw byte os.fsdecode could not decode
+            out.append(f"\\{c - 0xDC00:03o}")
+        else:
+            out.append(ch)
     return "".join(out)
 
 
@@ -251,7 +256,7 @@ def format_state(st: CheckpointState, directory) -> str:
         full = os.path.abspath(p)
         if os.path.dirname(full) == directory:
             p = os.path.basename(full)
-        return '"' + _escape(os.fsencode(p)) + '"'
+        return '"' + _escape(p) + '"'
 
     lines = [f"model_checkpoint_path: {path(st.model_checkpoint_path)}"]
     lines += [f"all_model_checkpoint_paths: {path(p)}" for p in st.all_model_checkpoint_paths]
@@ -271,7 +276,7 @@ def write_state(directory, st: CheckpointState, *, fsync: bool = False) -> str:
     target = os.path.join(directory, STATE_FILENAME)
     temp = f"{target}.tmp{secrets.token_hex(16)}"
     try:
-        with open(temp, "w", encoding="ascii", newline="\n") as f:
+        with open(temp, "w", encoding="utf-8", errors="strict", newline="\n") as f:
             f.write(format_state(st, directory))
             if fsync:
                 f.flush()

@@ -258,21 +258,21 @@ class CheckpointWriter:
     def _add_all(self, items):
         import numpy as np
 
-        prepared, seen = [], set()
-        plain, ndarray, taken = _plain_dtypes(), np.ndarray, self._entries
-        for name, array in items:
-            # Inline fast path of _prepare for the common case (contiguous numeric
-            # arrays with str names): per-tensor cost bounds many-small-tensor saves.
-            if (type(name) is str and name and type(array) is ndarray
-                    and array.flags.c_contiguous and (dt := plain.get(array.dtype))):
-                t = _Tensor(name.encode("utf-8", "surrogateescape"), name, dt, array.shape,
-                            array, array.nbytes, None)
-            else:
-                t = self._prepare(name, array, None)
-            if t.key in seen or t.key in taken or t.key in self._partitioned:
-                raise InvalidTensorError(f"tensor {name!r} is added twice", key=name)
-            seen.add(t.key)
-            prepared.append(t)
+        pairs = list(items)
+        # The common case (str names, contiguous numeric arrays) is prepared in one
+        # C loop: per-tensor cost is what bounds saves of many small tensors.
+        prepared = _build.prepare_plain(pairs, _plain_dtypes(), _Tensor, np.ndarray)
+        for i, t in enumerate(prepared):
+            if t is None:
+                prepared[i] = self._prepare(*pairs[i], None)
+        keys = [t.key for t in prepared]
+        if len(set(keys)) != len(keys) or not self._entries.keys().isdisjoint(keys) \
+                or not self._partitioned.keys().isdisjoint(keys):
+            seen = set(self._entries) | set(self._partitioned)
+            for t in prepared:
+                if t.key in seen:
+                    raise InvalidTensorError(f"tensor {t.name!r} is added twice", key=t.name)
+                seen.add(t.key)
         plan: dict[int, list] = {}
         if len(self._shards) == 1 and self._max_shard_size is None:
             plan[0] = prepared
@@ -371,7 +371,7 @@ class CheckpointWriter:
                                      f"TensorFlow dtype name such as 'float32'",
                                      key=name) from None
         try:
-            arr = array if isinstance(array, np.ndarray) else np.asarray(array)
+            arr = array if isinstance(array, np.ndarray) else _as_array(array)
         except Exception as exc:  # numpy raises many types for unconvertible input
             raise InvalidTensorError(f"{name!r}: cannot convert {type(array).__name__} to an "
                                      f"array: {exc}", key=name) from None
@@ -585,6 +585,22 @@ def _dtype_of(arr, name) -> dtypes.DType:
     except KeyError:
         raise InvalidTensorError(f"{name!r}: numpy dtype {arr.dtype} has no TensorFlow "
                                  f"equivalent", key=name) from None
+
+
+def _as_array(value):
+    """numpy.asarray, except that bytes and str values stay exact: numpy's fixed-width
+    ``S``/``U`` arrays would drop trailing NUL characters (which serialized protos and
+    binary strings can end with), so such values become object arrays."""
+    import numpy as np
+
+    if isinstance(value, (bytes, bytearray, str)):
+        arr = np.empty((), dtype=object)
+        arr[()] = bytes(value) if isinstance(value, bytearray) else value
+        return arr
+    arr = np.asarray(value)
+    if arr.dtype.kind in "SU" and not isinstance(value, np.generic):
+        arr = np.array(value, dtype=object)
+    return arr
 
 
 def _as_bytes_list(arr, name, dt) -> list:
