@@ -20,6 +20,7 @@ from . import _build, _index, dtypes
 from ._util import fsync_directory, gc_paused, remove_file
 from .errors import InvalidTensorError, WriterClosedError
 from .paths import data_filename, index_filename
+from .reader import Checkpoint
 from .slices import bounds, bounds_spec, find_overlap, parse_spec, spec
 
 __all__ = ["CheckpointWriter", "save", "DEFAULT_ALIGNMENT"]
@@ -52,11 +53,12 @@ class _Shard:
 
     def __init__(self, prefix: str, shard_id: int, alignment: int):
         self.id = shard_id
-        self.temp_path = f"{prefix}.data-{shard_id:05d}{_TEMP_MARK}{secrets.randbits(63)}"
-        self.fd = os.open(self.temp_path,
+        # Where the file is now: a temporary name until the commit renames it.
+        self.path = f"{prefix}.data-{shard_id:05d}{_TEMP_MARK}{secrets.randbits(63)}"
+        self.fd = os.open(self.path,
                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                           0o666)
-        self.sink = _build.DataFile(self.fd, alignment, self.temp_path)
+        self.sink = _build.DataFile(self.fd, alignment, self.path)
         self.planned = 0  # bytes assigned by add_all but not yet written
 
     def append(self, t: _Tensor, crc_pool=None) -> bytes:
@@ -218,7 +220,15 @@ class CheckpointWriter:
         extents = self._extents(name, full_shape, slice_spec)
         if all(length < 0 or (start == 0 and length == dim)
                for (start, length), dim in zip(extents, full_shape)):
-            return self.add(name, array, dtype=dtype)
+            # The whole tensor: stored as a plain one, as TF does.
+            t = self._prepare(name, array, dtype)
+            if t.shape != full_shape:
+                raise InvalidTensorError(
+                    f"slice {spec(extents)} covers all of {name!r} {list(full_shape)}, but the "
+                    f"array's shape is {list(t.shape)}", key=name)
+            self._claim(t.key, name)
+            self._entries[t.key] = self._shard_for(t.nbytes).append(t, self._crc_pool())
+            return
         key = self._key(name)
         t = self._prepare(name, array, dtype)
         expect = tuple(hi - lo for lo, hi in bounds(extents, full_shape))
@@ -248,14 +258,22 @@ class CheckpointWriter:
     def add_all(self, tensors) -> None:
         """Add many tensors: a mapping or an iterable of ``(name, array)`` pairs.
 
-        Every tensor is validated before any is written; with several shards
-        the shards are then written in parallel threads.
+        An open :class:`~tfshard.Checkpoint` is copied with its stored dtypes
+        (quantized and variant tensors stay what they were, where a plain dict of
+        its arrays would store their numpy types).  Every tensor is validated
+        before any is written; with several shards the shards are then written
+        in parallel threads.
         """
         self._check_open()
+        overrides = {}
+        if isinstance(tensors, Checkpoint):
+            overrides = {info.name: info.dtype for info in tensors.infos()
+                         if _stored_as_other_type(dtypes.by_name(info.dtype))}
         with gc_paused():
-            self._add_all(tensors.items() if isinstance(tensors, Mapping) else tensors)
+            self._add_all(tensors.items() if isinstance(tensors, Mapping) else tensors,
+                          overrides)
 
-    def _add_all(self, items):
+    def _add_all(self, items, overrides):
         import numpy as np
 
         pairs = list(items)
@@ -263,8 +281,8 @@ class CheckpointWriter:
         # C loop: per-tensor cost is what bounds saves of many small tensors.
         prepared = _build.prepare_plain(pairs, _plain_dtypes(), _Tensor, np.ndarray)
         for i, t in enumerate(prepared):
-            if t is None:
-                prepared[i] = self._prepare(*pairs[i], None)
+            if t is None or (overrides and pairs[i][0] in overrides):
+                prepared[i] = self._prepare(*pairs[i], overrides.get(pairs[i][0]))
         keys = [t.key for t in prepared]
         if len(set(keys)) != len(keys) or not self._entries.keys().isdisjoint(keys) \
                 or not self._partitioned.keys().isdisjoint(keys):
@@ -456,8 +474,8 @@ class CheckpointWriter:
         except BaseException:
             self.abort()
             raise
-        self._state = "committed"
-        self._shutdown_pool()
+        finally:
+            self._shutdown_pool()
         return self.prefix
 
     def _shutdown_pool(self):
@@ -487,12 +505,18 @@ class CheckpointWriter:
         # for a moment: remove it before they are renamed over the old ones.
         remove_file(index_filename(prefix))
         for shard in self._shards:
-            os.replace(shard.temp_path, data_filename(prefix, shard.id, n))
-            shard.temp_path = None
+            final = data_filename(prefix, shard.id, n)
+            os.replace(shard.path, final)
+            shard.path = final  # abort() removes it from here until the index exists
         write_index_file(prefix, index, self.fsync)
+        self._state = "committed"
+        # The checkpoint is complete; what follows only tidies up.
         if self.fsync:
             fsync_directory(os.path.dirname(prefix) or ".")
-        remove_stale_shards(prefix, n)
+        try:
+            remove_stale_shards(prefix, n)
+        except OSError:
+            pass
 
     def abort(self) -> None:
         """Discard the checkpoint: close and delete everything written.  Idempotent."""
@@ -505,9 +529,7 @@ class CheckpointWriter:
                 shard.close(False)
             except OSError:
                 pass
-            if shard.temp_path:
-                remove_file(shard.temp_path)
-                shard.temp_path = None
+            remove_file(shard.path)
 
     def __enter__(self):
         return self
@@ -535,8 +557,9 @@ def save(prefix, tensors, *, num_shards: int = 1, max_shard_size: int | None = N
     Parameters
     ----------
     prefix : str or os.PathLike
-    tensors : mapping or iterable of (name, array)
-        What :meth:`CheckpointWriter.add` accepts, e.g. ``tfshard.load(...)``'s result.
+    tensors : mapping, iterable of (name, array), or Checkpoint
+        Arrays as :meth:`CheckpointWriter.add` accepts them.  Pass an open
+        :class:`~tfshard.Checkpoint` to copy one with every dtype kept.
     num_shards, max_shard_size, alignment, fsync
         As for :class:`CheckpointWriter`.
 
@@ -576,6 +599,12 @@ def _plain_dtypes() -> dict:
     return _PLAIN_DTYPES
 
 
+def _stored_as_other_type(dt: dtypes.DType) -> bool:
+    """Whether arrays the reader returns for ``dt`` would be saved as another dtype
+    (quantized types come back as plain integers, variants as bytes)."""
+    return dt.kind == dtypes.VARIANT or (dt.kind != dtypes.STRING and dt.numpy.name != dt.name)
+
+
 def _dtype_of(arr, name) -> dtypes.DType:
     kind = arr.dtype.kind
     if kind in "OSU":
@@ -610,7 +639,11 @@ def _as_bytes_list(arr, name, dt) -> list:
         if type(v) is bytes:
             continue
         if isinstance(v, str) and dt.kind == dtypes.STRING:
-            items[i] = v.encode("utf-8", "surrogateescape")
+            try:
+                items[i] = v.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as exc:
+                raise InvalidTensorError(f"{name!r}: element {i} cannot be encoded as UTF-8: "
+                                         f"{exc}", key=name) from None
         elif isinstance(v, (bytes, bytearray, memoryview)):
             items[i] = bytes(v)
         else:
