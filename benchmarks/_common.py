@@ -43,6 +43,8 @@ import numpy as np
 CACHE_FORMAT = 1
 
 PASS, MISS, SKIP, ERROR, WRONG = "PASS", "MISS", "SKIP", "ERROR", "WRONG"
+# A measured row that has no target (shown for information, never gating).
+INFO = "INFO"
 
 # Environment for every child process: keep TF's C++ logging quiet (it only affects stderr).
 CHILD_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -271,18 +273,28 @@ class Timing:
 
 
 def bench_interleaved(fns: Mapping[str, Callable[[], Any]], *, repeat: int,
-                      min_time: float) -> dict[str, Timing]:
-    """Time several callables, sampling them in turn; each gets one untimed warm-up call."""
+                      min_time: float,
+                      after_sample: Callable[[], Any] | None = None) -> dict[str, Timing]:
+    """Time several callables, sampling them in turn; each gets one untimed warm-up call.
+
+    ``after_sample``, if given, runs untimed after each callable's warm-up/calibration and
+    after every sample, e.g. to delete the files a writer just made, so that no sample pays
+    for another's leftovers.
+    """
     warm_results, numbers = {}, {}
     for key, fn in fns.items():
         t0 = time.perf_counter()
         warm_results[key] = fn()
         numbers[key] = _calibrate(fn, time.perf_counter() - t0, min_time)
+        if after_sample is not None:
+            after_sample()
     samples: dict[str, list[float]] = {key: [] for key in fns}
     for _ in range(repeat):
         for key, fn in fns.items():
             gc.collect()
             samples[key].append(_time_once(fn, numbers[key]) / numbers[key])
+            if after_sample is not None:
+                after_sample()
     return {key: Timing(statistics.median(s), s, numbers[key], warm_results[key])
             for key, s in samples.items()}
 
@@ -362,11 +374,15 @@ class Row:
         return "-" if self.threshold is None else f"{self.op} {self.threshold:g}x"
 
     def judge(self) -> None:
-        """Set PASS/MISS from ratio, unless the row is already SKIP-by-absence/ERROR/WRONG."""
+        """Set PASS/MISS from ratio, unless the row is already SKIP-by-absence/ERROR/WRONG;
+        a measured ratio without a threshold is INFO."""
         if self.status in (ERROR, WRONG):
             return
-        if self.ratio is None or self.threshold is None:
+        if self.ratio is None:
             self.status = SKIP
+            return
+        if self.threshold is None:
+            self.status = INFO
             return
         ok = self.ratio >= self.threshold if self.op == ">=" else self.ratio <= self.threshold
         self.status = PASS if ok else MISS

@@ -2,7 +2,8 @@
 
 They check that the scripts run and report every case, not how fast anything is.  With tfshard
 importable every row must have been measured (PASS or MISS, never SKIP, ERROR or WRONG: a
-WRONG row means tfshard returned something other than what TensorFlow returns).
+WRONG row means tfshard returned, or wrote, something other than what TensorFlow reads; rows
+without a target say INFO instead).
 """
 
 import json
@@ -15,6 +16,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory",
               "memory_keys")
+WRITE_CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded")
+WRITE_INFO_CASES = {"sharded"}  # measured for information, no target
 
 
 def _run(script, *args, timeout=900):
@@ -22,12 +25,17 @@ def _run(script, *args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _reader_importable(cwd):
-    """Whether the benchmark's interpreter can use tfshard's reader, as the script decides it
-    (asked in a child run outside the source tree, so an unbuilt checkout does not count)."""
-    probe = subprocess.run([sys.executable, "-c", "import tfshard; tfshard.open"], cwd=cwd,
-                           capture_output=True, timeout=120)
+def _importable(cwd, attribute):
+    """Whether the benchmark's interpreter can use ``tfshard.<attribute>``, as the script
+    decides it (asked in a child run outside the source tree, so an unbuilt checkout does not
+    count)."""
+    probe = subprocess.run([sys.executable, "-c", f"import tfshard; tfshard.{attribute}"],
+                           cwd=cwd, capture_output=True, timeout=120)
     return probe.returncode == 0
+
+
+def _reader_importable(cwd):
+    return _importable(cwd, "open")
 
 
 def test_bench_read_help():
@@ -62,3 +70,42 @@ def test_bench_read_quick(tmp_path):
             assert row["tfshard"] is not None and row["ratio"] is not None
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+
+
+def test_bench_write_help():
+    proc = _run("bench_write.py", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("--quick", "--repeat", "--workdir", "--json", *WRITE_CASES):
+        assert word in proc.stdout
+
+
+def test_bench_write_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    results = tmp_path / "results.json"
+    work = tmp_path / "work"
+    proc = _run("bench_write.py", "--quick", "--repeat", 1, "--workdir", work,
+                "--json", results)
+    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, output
+
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
+    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
+    for case in WRITE_CASES:
+        assert case in table, f"no table row for {case}\n{output}"
+        assert table[case][-1] in {"PASS", "MISS", "INFO", "SKIP"}, output
+
+    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
+    assert set(rows) == set(WRITE_CASES)
+    measured = _importable(tmp_path, "save")
+    for case, row in rows.items():
+        if case in WRITE_INFO_CASES:
+            expected = {"INFO"} if measured else {"SKIP"}
+        else:
+            expected = {"PASS", "MISS"} if measured else {"SKIP"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        if measured:
+            assert row["tfshard"] is not None and row["ratio"] is not None, row
+    # The scratch directory for written checkpoints is removed, leaving nothing behind.
+    assert list(work.iterdir()) == [], list(work.iterdir())
