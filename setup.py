@@ -2,6 +2,7 @@
 
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -18,7 +19,8 @@ extensions = [
     Extension(
         f"tfshard.{name}",
         sources=[f"tfshard/{name}.pyx", "csrc/tfs_format.c", *extra_sources],
-        include_dirs=["csrc"],
+        include_dirs=["csrc", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
     )

@@ -10,7 +10,11 @@ from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_Release, 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from posix.unistd cimport write as c_write
 
+cimport numpy as cnp
+
 import crc32c as _crc32c
+
+cnp.import_array()
 
 from ._format cimport *
 
@@ -161,25 +165,63 @@ def build_table(list keys, list values):
         free(scratch)
 
 
-def prepare_plain(list pairs, dict plain, tensor_type, ndarray_type):
+cdef int64_t _plain_code(obj) noexcept:
+    """The TF dtype code of an array whose bytes are stored exactly as they are in
+    memory (an exact ndarray, C-contiguous, native byte order, of a numpy
+    built-in numeric type); 0 for anything else."""
+    cdef cnp.ndarray a
+    cdef int t
+    cdef Py_ssize_t size
+    if type(obj) is not cnp.ndarray:
+        return 0
+    a = <cnp.ndarray>obj
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a):
+        return 0
+    # By numpy type number, so user-defined types (ml_dtypes) never match.
+    t = cnp.PyArray_TYPE(a)
+    size = cnp.PyArray_ITEMSIZE(a)
+    if t in (cnp.NPY_BYTE, cnp.NPY_SHORT, cnp.NPY_INT, cnp.NPY_LONG, cnp.NPY_LONGLONG):
+        return 6 if size == 1 else 5 if size == 2 else 3 if size == 4 else 9 if size == 8 else 0
+    if t in (cnp.NPY_UBYTE, cnp.NPY_USHORT, cnp.NPY_UINT, cnp.NPY_ULONG, cnp.NPY_ULONGLONG):
+        return 4 if size == 1 else 17 if size == 2 else 22 if size == 4 else 23 if size == 8 else 0
+    if t == cnp.NPY_FLOAT16:
+        return 19
+    if t == cnp.NPY_FLOAT:
+        return 1
+    if t == cnp.NPY_DOUBLE:
+        return 2
+    if t == cnp.NPY_CFLOAT:
+        return 8
+    if t == cnp.NPY_CDOUBLE:
+        return 18
+    if t == cnp.NPY_BOOL:
+        return 10
+    return 0
+
+
+def prepare_plain(list pairs, list by_code):
     """The writer's fast path over ``(name, array)`` pairs.
 
-    A pair whose name is a non-empty str and whose array is a C-contiguous
-    ``ndarray_type`` with a dtype in ``plain`` (numpy dtype -> DType) becomes
-    ``tensor_type(key, name, dtype, shape, array, nbytes, None)``; any other
-    pair gives None, for the caller's general path.
+    A pair whose name is a non-empty str and whose array is stored byte for
+    byte (see _plain_code) becomes the writer's tensor tuple ``(key, name,
+    by_code[code], shape, array, nbytes, None)``; any other pair gives None,
+    for the caller's general path.
     """
     cdef list out = []
+    cdef int64_t code
     for pair in pairs:
         name, array = pair
-        if type(name) is str and len(<str>name) and type(array) is ndarray_type:
-            dt = plain.get(array.dtype)
-            if dt is not None and array.flags.c_contiguous:
-                out.append(tuple.__new__(tensor_type, (
-                    (<str>name).encode("utf-8", "surrogateescape"), name, dt, array.shape,
-                    array, array.nbytes, None)))
-                continue
-        out.append(None)
+        code = _plain_code(array) if type(name) is str and len(<str>name) else 0
+        if code:
+            try:
+                key = (<str>name).encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                code = 0  # the general path reports it
+        if code:
+            out.append((key, name, by_code[code], array.shape, array,
+                        cnp.PyArray_NBYTES(<cnp.ndarray>array), None))
+        else:
+            out.append(None)
     return out
 
 
@@ -354,8 +396,8 @@ cdef class DataFile:
     def append_all(self, list tensors, int64_t shard_id, crc_pool=None):
         """Append tensors and return their encoded BundleEntryProtos.
 
-        Each item is a sequence ``(key, name, dtype, shape, payload, nbytes, crc)``
-        (the writer's _Tensor): ``dtype.code`` is stored, ``payload`` written,
+        Each item is the writer's tuple ``(key, name, dtype, shape, payload,
+        nbytes, crc)``: ``dtype.code`` is stored, ``payload`` written,
         and its CRC computed unless ``crc`` (masked) is given.  With
         ``crc_pool`` (a concurrent.futures executor), large tensors are
         checksummed there while this thread writes them: the two passes over
@@ -364,6 +406,7 @@ cdef class DataFile:
         cdef list out = []
         cdef int64_t offset, size
         cdef uint32_t crc
+        cdef tuple t
         for t in tensors:
             given = t[6]
             offset = self.position
@@ -397,10 +440,15 @@ cdef class DataFile:
         cdef size_t n, done, step, pad
         cdef uint32_t crc = 0
         cdef int err = 0
-        PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS)
-        try:
+        cdef bint exported = not _plain_code(data)
+        if exported:
+            PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS)
             p = <const uint8_t *>view.buf
             n = <size_t>view.len
+        else:  # an ndarray numpy would export as is: skip building the buffer info
+            p = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>data)
+            n = <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>data)
+        try:
             if n > STAGE_SIZE - self.staged:
                 self._flush()
             if n <= STAGE_SIZE - self.staged:
@@ -423,7 +471,8 @@ cdef class DataFile:
                 if err:
                     self._raise(err)
         finally:
-            PyBuffer_Release(&view)
+            if exported:
+                PyBuffer_Release(&view)
         self.position += n
         pad = (self.alignment - <size_t>(self.position % self.alignment)) % self.alignment
         if pad:

@@ -14,7 +14,6 @@ import re
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 from . import _build, _index, dtypes
 from ._util import fsync_directory, gc_paused, remove_file
@@ -36,16 +35,13 @@ DEFAULT_ALIGNMENT = 64
 _TEMP_MARK = ".tempstate"
 
 
-class _Tensor(NamedTuple):
-    """A validated tensor, ready to append: ``payload`` holds its stored bytes."""
-
-    key: bytes
-    name: str
-    dtype: dtypes.DType
-    shape: tuple
-    payload: object  # a C-contiguous buffer (bytes, or an array numpy can export)
-    nbytes: int
-    crc: int | None  # masked CRC when the encoding computed it (strings, variants)
+# A validated tensor, ready to append, is a plain tuple
+#     (key, name, dtype, shape, payload, nbytes, crc)
+# key: bytes; dtype: DType; payload: a C-contiguous buffer of the stored bytes;
+# crc: the masked CRC when the encoding computed it (strings, variants), else None.
+# Plain tuples because a named tuple costs ten times as much to create, which
+# shows when saving tens of thousands of small tensors.
+KEY, NAME, DTYPE, SHAPE, PAYLOAD, NBYTES, CRC = range(7)
 
 
 class _Shard:
@@ -61,7 +57,7 @@ class _Shard:
         self.sink = _build.DataFile(self.fd, alignment, self.path)
         self.planned = 0  # bytes assigned by add_all but not yet written
 
-    def append(self, t: _Tensor, crc_pool=None) -> bytes:
+    def append(self, t: tuple, crc_pool=None) -> bytes:
         """Write one tensor; returns its encoded index entry."""
         return self.sink.append_all([t], self.id, crc_pool)[0]
 
@@ -190,8 +186,8 @@ class CheckpointWriter:
         """
         self._check_open()
         t = self._prepare(name, array, dtype)
-        self._claim(t.key, name)
-        self._entries[t.key] = self._shard_for(t.nbytes).append(t, self._crc_pool())
+        self._claim(t[KEY], name)
+        self._entries[t[KEY]] = self._shard_for(t[NBYTES]).append(t, self._crc_pool())
 
     def add_slice(self, name: str, full_shape, slice_spec, array, *,
                   dtype: str | None = None) -> None:
@@ -222,37 +218,37 @@ class CheckpointWriter:
                for (start, length), dim in zip(extents, full_shape)):
             # The whole tensor: stored as a plain one, as TF does.
             t = self._prepare(name, array, dtype)
-            if t.shape != full_shape:
+            if t[SHAPE] != full_shape:
                 raise InvalidTensorError(
                     f"slice {spec(extents)} covers all of {name!r} {list(full_shape)}, but the "
-                    f"array's shape is {list(t.shape)}", key=name)
-            self._claim(t.key, name)
-            self._entries[t.key] = self._shard_for(t.nbytes).append(t, self._crc_pool())
+                    f"array's shape is {list(t[SHAPE])}", key=name)
+            self._claim(t[KEY], name)
+            self._entries[t[KEY]] = self._shard_for(t[NBYTES]).append(t, self._crc_pool())
             return
         key = self._key(name)
         t = self._prepare(name, array, dtype)
         expect = tuple(hi - lo for lo, hi in bounds(extents, full_shape))
-        if t.shape != expect:
+        if t[SHAPE] != expect:
             raise InvalidTensorError(
                 f"slice {spec(extents)} of {name!r} {list(full_shape)} has shape {list(expect)}, "
-                f"but the array's shape is {list(t.shape)}", key=name)
+                f"but the array's shape is {list(t[SHAPE])}", key=name)
         full = self._partitioned.get(key)
         if full is None:
             if key in self._entries:
                 raise InvalidTensorError(f"tensor {name!r} was already added unpartitioned",
                                          key=name)
-            full = _Partitioned(t.dtype, full_shape)
-        elif (full.dtype, full.shape) != (t.dtype, full_shape):
+            full = _Partitioned(t[DTYPE], full_shape)
+        elif (full.dtype, full.shape) != (t[DTYPE], full_shape):
             raise InvalidTensorError(
                 f"slices of {name!r} disagree: {full.dtype.name} {list(full.shape)} before, "
-                f"{t.dtype.name} {list(full_shape)} now", key=name)
+                f"{t[DTYPE].name} {list(full_shape)} now", key=name)
         slice_key = _index.slice_key(key, extents)
         if slice_key in self._entries:
             raise InvalidTensorError(f"slice {spec(extents)} of {name!r} was already added",
                                      key=name)
         self._partitioned[key] = full
         full.slices.append(extents)
-        self._entries[slice_key] = self._shard_for(t.nbytes).append(t._replace(key=slice_key),
+        self._entries[slice_key] = self._shard_for(t[NBYTES]).append((slice_key,) + t[1:],
                                                                    self._crc_pool())
 
     def add_all(self, tensors) -> None:
@@ -274,29 +270,27 @@ class CheckpointWriter:
                           overrides)
 
     def _add_all(self, items, overrides):
-        import numpy as np
-
         pairs = list(items)
         # The common case (str names, contiguous numeric arrays) is prepared in one
         # C loop: per-tensor cost is what bounds saves of many small tensors.
-        prepared = _build.prepare_plain(pairs, _plain_dtypes(), _Tensor, np.ndarray)
+        prepared = _build.prepare_plain(pairs, _DTYPES_BY_CODE)
         for i, t in enumerate(prepared):
             if t is None or (overrides and pairs[i][0] in overrides):
                 prepared[i] = self._prepare(*pairs[i], overrides.get(pairs[i][0]))
-        keys = [t.key for t in prepared]
+        keys = [t[KEY] for t in prepared]
         if len(set(keys)) != len(keys) or not self._entries.keys().isdisjoint(keys) \
                 or not self._partitioned.keys().isdisjoint(keys):
             seen = set(self._entries) | set(self._partitioned)
             for t in prepared:
-                if t.key in seen:
-                    raise InvalidTensorError(f"tensor {t.name!r} is added twice", key=t.name)
-                seen.add(t.key)
+                if t[KEY] in seen:
+                    raise InvalidTensorError(f"tensor {t[NAME]!r} is added twice", key=t[NAME])
+                seen.add(t[KEY])
         plan: dict[int, list] = {}
         if len(self._shards) == 1 and self._max_shard_size is None:
             plan[0] = prepared
         else:
             for t in prepared:
-                plan.setdefault(self._shard_for(t.nbytes, reserve=True).id, []).append(t)
+                plan.setdefault(self._shard_for(t[NBYTES], reserve=True).id, []).append(t)
             for shard in self._shards:
                 shard.planned = 0
 
@@ -310,7 +304,7 @@ class CheckpointWriter:
         else:
             results = [self._shards[i].append_all(plan[i], self._crc_pool()) for i in plan]
         for tensors, entries in zip(plan.values(), results):
-            self._entries.update(zip([t.key for t in tensors], entries))
+            self._entries.update(zip([t[KEY] for t in tensors], entries))
 
     # ---- validation --------------------------------------------------------
 
@@ -372,16 +366,15 @@ class CheckpointWriter:
                     f"{name!r}", key=name)
         return extents
 
-    def _prepare(self, name, array, dtype_name) -> _Tensor:
+    def _prepare(self, name, array, dtype_name) -> tuple:
         """Validate one tensor and produce its stored bytes (no I/O)."""
         import numpy as np
 
+        if dtype_name is None:
+            ready = _build.prepare_plain([(name, array)], _DTYPES_BY_CODE)[0]
+            if ready is not None:
+                return ready
         key = self._key(name)
-        if dtype_name is None and type(array) is np.ndarray:
-            # Fast path: a contiguous array of a plain numeric dtype is stored as is.
-            dt = _plain_dtypes().get(array.dtype)
-            if dt is not None and array.flags.c_contiguous:
-                return _Tensor(key, name, dt, array.shape, array, array.nbytes, None)
         try:
             dt = None if dtype_name is None else dtypes.by_name(dtype_name)
         except KeyError:
@@ -402,7 +395,7 @@ class CheckpointWriter:
             items = _as_bytes_list(arr, name, dt)
             payload, crc = (_build.encode_strings(items) if dt.kind == dtypes.STRING
                             else _build.encode_variants(items))
-            return _Tensor(key, name, dt, arr.shape, payload, len(payload), crc)
+            return key, name, dt, arr.shape, payload, len(payload), crc
         if arr.dtype != dt.numpy:
             if arr.dtype.kind in "OSUV":
                 raise InvalidTensorError(f"{name!r}: cannot store a {arr.dtype} array as "
@@ -421,7 +414,7 @@ class CheckpointWriter:
             arr = np.ascontiguousarray(arr)
         if dt.numpy_name.startswith("ml_dtypes."):
             arr = arr.reshape(-1).view(np.uint8)  # numpy cannot export these dtypes as buffers
-        return _Tensor(key, name, dt, shape, arr, arr.nbytes, None)
+        return key, name, dt, shape, arr, arr.nbytes, None
 
     # ---- shards ------------------------------------------------------------
 
@@ -581,22 +574,16 @@ def save(prefix, tensors, *, num_shards: int = 1, max_shard_size: int | None = N
 
 # ---- helpers ---------------------------------------------------------------
 
-_PLAIN_DTYPES: dict = {}
+def _dtype_or_none(code):
+    try:
+        return dtypes.by_code(code)
+    except KeyError:
+        return None
 
 
-def _plain_dtypes() -> dict:
-    """numpy dtype -> DType for types whose array bytes are stored unchanged and
-    that numpy exports as buffers (not ml_dtypes, not sub-byte types)."""
-    if not _PLAIN_DTYPES:
-        for code in range(1, 34):
-            try:
-                dt = dtypes.by_code(code)
-            except KeyError:
-                continue
-            if (dt.kind == dtypes.FIXED and not dt.numpy_name.startswith("ml_dtypes.")
-                    and dt.name == dt.numpy.name):
-                _PLAIN_DTYPES[dt.numpy] = dt
-    return _PLAIN_DTYPES
+# DType by code for the C fast path (_build.prepare_plain), which only returns
+# codes of numeric types.
+_DTYPES_BY_CODE = [_dtype_or_none(code) for code in range(34)]
 
 
 def _stored_as_other_type(dt: dtypes.DType) -> bool:
