@@ -393,17 +393,17 @@ cdef class DataFile:
         """Write out whatever is staged."""
         self._flush()
 
-    def append_all(self, list tensors, int64_t shard_id, crc_pool=None):
-        """Append tensors and return their encoded BundleEntryProtos.
+    def append_all(self, list tensors, int64_t shard_id, dict entries, crc_pool=None):
+        """Append tensors; the encoded BundleEntryProto of each goes to
+        ``entries[key]``.
 
         Each item is the writer's tuple ``(key, name, dtype, shape, payload,
-        nbytes, crc)``: ``dtype.code`` is stored, ``payload`` written,
-        and its CRC computed unless ``crc`` (masked) is given.  With
-        ``crc_pool`` (a concurrent.futures executor), large tensors are
-        checksummed there while this thread writes them: the two passes over
-        memory then take the time of one.
+        nbytes, crc)``: ``dtype.code`` is stored, ``payload`` written, and its
+        CRC computed unless ``crc`` (masked) is given.  With ``crc_pool`` (a
+        concurrent.futures executor), large tensors are checksummed there while
+        this thread writes them: the two passes over memory then take the time
+        of one.
         """
-        cdef list out = []
         cdef int64_t offset, size
         cdef uint32_t crc
         cdef tuple t
@@ -418,9 +418,8 @@ cdef class DataFile:
                     given = tfs_crc_mask(pending.result())
             else:
                 size = self._append(t[4], given is None, &crc)
-            out.append(_entry(t[2].code, t[3], shard_id, offset, size,
-                              crc if given is None else given))
-        return out
+            entries[t[0]] = _entry(t[2].code, t[3], shard_id, offset, size,
+                                   crc if given is None else given)
 
     def append(self, data, bint checksum=True):
         """Append one tensor's bytes (any C-contiguous buffer).

@@ -57,14 +57,14 @@ class _Shard:
         self.sink = _build.DataFile(self.fd, alignment, self.path)
         self.planned = 0  # bytes assigned by add_all but not yet written
 
-    def append(self, t: tuple, crc_pool=None) -> bytes:
-        """Write one tensor; returns its encoded index entry."""
-        return self.sink.append_all([t], self.id, crc_pool)[0]
+    def append(self, t: tuple, entries: dict, crc_pool=None):
+        """Write one tensor; its encoded index entry goes to ``entries[key]``."""
+        self.sink.append_all([t], self.id, entries, crc_pool)
 
-    def append_all(self, tensors: list, crc_pool=None) -> list:
-        """Write tensors in order; returns their encoded index entries.  With
+    def append_all(self, tensors: list, entries: dict, crc_pool=None):
+        """Write tensors in order, their index entries into ``entries``.  With
         ``crc_pool``, large tensors are checksummed there while being written."""
-        return self.sink.append_all(tensors, self.id, crc_pool)
+        self.sink.append_all(tensors, self.id, entries, crc_pool)
 
     def close(self, fsync: bool):
         if self.fd < 0:
@@ -187,7 +187,7 @@ class CheckpointWriter:
         self._check_open()
         t = self._prepare(name, array, dtype)
         self._claim(t[KEY], name)
-        self._entries[t[KEY]] = self._shard_for(t[NBYTES]).append(t, self._crc_pool())
+        self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
 
     def add_slice(self, name: str, full_shape, slice_spec, array, *,
                   dtype: str | None = None) -> None:
@@ -223,7 +223,7 @@ class CheckpointWriter:
                     f"slice {spec(extents)} covers all of {name!r} {list(full_shape)}, but the "
                     f"array's shape is {list(t[SHAPE])}", key=name)
             self._claim(t[KEY], name)
-            self._entries[t[KEY]] = self._shard_for(t[NBYTES]).append(t, self._crc_pool())
+            self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
             return
         key = self._key(name)
         t = self._prepare(name, array, dtype)
@@ -248,8 +248,8 @@ class CheckpointWriter:
                                      key=name)
         self._partitioned[key] = full
         full.slices.append(extents)
-        self._entries[slice_key] = self._shard_for(t[NBYTES]).append((slice_key,) + t[1:],
-                                                                   self._crc_pool())
+        self._shard_for(t[NBYTES]).append((slice_key,) + t[1:], self._entries,
+                                          self._crc_pool())
 
     def add_all(self, tensors) -> None:
         """Add many tensors: a mapping or an iterable of ``(name, array)`` pairs.
@@ -297,14 +297,13 @@ class CheckpointWriter:
         if len(plan) > 1:
             # One thread per shard; CRC and write() both run without the GIL.
             def write(shard_id):
-                return self._shards[shard_id].append_all(plan[shard_id])
+                self._shards[shard_id].append_all(plan[shard_id], self._entries)
 
             with ThreadPoolExecutor(min(len(plan), os.cpu_count() or 1)) as pool:
-                results = list(pool.map(write, plan))
+                list(pool.map(write, plan))
         else:
-            results = [self._shards[i].append_all(plan[i], self._crc_pool()) for i in plan]
-        for tensors, entries in zip(plan.values(), results):
-            self._entries.update(zip([t[KEY] for t in tensors], entries))
+            for shard_id, tensors in plan.items():
+                self._shards[shard_id].append_all(tensors, self._entries, self._crc_pool())
 
     # ---- validation --------------------------------------------------------
 
@@ -477,7 +476,7 @@ class CheckpointWriter:
             self._pool = None
 
     def _index_bytes(self) -> bytes:
-        entries = dict(self._entries)
+        entries = dict(self._entries) if self._partitioned else self._entries
         for key, full in self._partitioned.items():
             overlap = find_overlap([bounds(e, full.shape) for e in full.slices])
             if overlap:
