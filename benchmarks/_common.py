@@ -458,3 +458,24 @@ def dump_json(dest: str, payload: Mapping[str, Any]) -> None:
         print(text)
     else:
         Path(dest).write_text(text + "\n")
+
+
+def finish(benchmark: str, args, rows: Sequence[Row], env: Mapping[str, str], inputs: Any,
+           settings: str, t_start: float) -> int:
+    """Print a benchmark's header and table, write ``--json``; returns the exit status
+    (1 when a case failed to run or returned wrong values, else 0)."""
+    print()
+    print(f"tfshard {benchmark.split('_', 1)[-1]} benchmark"
+          + (" (--quick: tiny inputs, not a measurement)" if args.quick else ""))
+    print("  " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print(f"  {settings}")
+    print()
+    print_table(rows)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        dump_json(args.json, {
+            "benchmark": benchmark, "environment": env, "inputs": inputs,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "rows": [r.to_json() for r in rows],
+        })
+    return 1 if any(r.status in (ERROR, WRONG) for r in rows) else 0

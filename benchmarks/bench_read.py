@@ -511,22 +511,10 @@ def main(argv=None) -> int:
         "tfshard": (getattr(tfshard, "__version__", "?") + " " + str(Path(tfshard.__file__).parent))
                    if tfshard else f"not measured ({why})",
     })
-    print()
-    print("tfshard read benchmark"
-          + (" (--quick: tiny inputs, not a measurement)" if args.quick else ""))
-    print("  " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(f"  repeat {args.repeat}, min-time {args.min_time} s, consume={args.consume}, "
-          f"workdir {args.workdir}")
-    print()
-    C.print_table(rows)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    if args.json:
-        C.dump_json(args.json, {
-            "benchmark": "bench_read", "environment": env, "inputs": inputs,
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "rows": [r.to_json() for r in rows],
-        })
-    return 1 if any(r.status in (C.ERROR, C.WRONG) for r in rows) else 0
+    return C.finish("bench_read", args, rows, env, inputs,
+                    f"repeat {args.repeat}, min-time {args.min_time} s, consume={args.consume}, "
+                    f"workdir {args.workdir}",
+                    t_start)
 
 
 if __name__ == "__main__":

@@ -410,21 +410,9 @@ def main(argv=None) -> int:
         "tfshard": (getattr(tfshard, "__version__", "?") + " " + str(Path(tfshard.__file__).parent))
                    if tfshard else f"not measured ({why})",
     })
-    print()
-    print("tfshard write benchmark"
-          + (" (--quick: tiny inputs, not a measurement)" if args.quick else ""))
-    print("  " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(f"  repeat {args.repeat}, min-time {args.min_time} s, workdir {args.workdir}")
-    print()
-    C.print_table(rows)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    if args.json:
-        C.dump_json(args.json, {
-            "benchmark": "bench_write", "environment": env, "inputs": sizes,
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "rows": [r.to_json() for r in rows],
-        })
-    return 1 if any(r.status in (C.ERROR, C.WRONG) for r in rows) else 0
+    return C.finish("bench_write", args, rows, env, sizes,
+                    f"repeat {args.repeat}, min-time {args.min_time} s, workdir {args.workdir}",
+                    t_start)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,26 @@ int tfs_encode_slice_field(int32_t rank, const int64_t *starts, const int64_t *l
     return TFS_OK;
 }
 
+/* ---- BundleHeaderProto -------------------------------------------------- */
+
+int tfs_encode_header(int64_t num_shards, int64_t endianness, int64_t producer,
+                      int64_t min_consumer, uint8_t *out, size_t cap, size_t *out_len)
+{
+    uint8_t version[22];
+    size_t v = 0, o = 0;
+    if (cap < TFS_HEADER_BOUND)
+        return TFS_ERR_BUFFER;
+    v += put_uint_field(version + v, 0x08, producer);
+    v += put_uint_field(version + v, 0x10, min_consumer);
+    o += put_uint_field(out + o, 0x08, num_shards);
+    o += put_uint_field(out + o, 0x10, endianness);
+    out[o++] = 0x1a; /* version, always present */
+    out[o++] = (uint8_t)v;
+    memcpy(out + o, version, v);
+    *out_len = o + v;
+    return TFS_OK;
+}
+
 /* ---- SSTable ------------------------------------------------------------ */
 
 size_t tfs_table_bound(size_t n, size_t key_bytes, size_t value_bytes)
@@ -265,15 +285,35 @@ static size_t separator(const uint8_t *a, size_t alen, const uint8_t *next, size
     return alen;
 }
 
+/* A finished data block whose index entry waits for the next key (§3.7). */
+typedef struct {
+    int set;
+    uint64_t offset, size;
+    const uint8_t *last_key;
+    size_t last_len;
+} pending_block;
+
+/* Finish the data block at out + *off and start the next one after it. */
+static void finish_data_block(block_builder *data, uint8_t *out, size_t *off,
+                              pending_block *pending)
+{
+    size_t size = block_finish(data);
+    pending->set = 1;
+    pending->offset = *off;
+    pending->size = size;
+    pending->last_key = data->last_key;
+    pending->last_len = data->last_len;
+    *off += size + TFS_BLOCK_TRAILER_SIZE;
+    block_reset(data, out + *off);
+}
+
 int tfs_build_table(size_t n, const uint8_t *const *keys, const size_t *key_lens,
                     const uint8_t *const *values, const size_t *value_lens,
                     uint32_t *scratch, uint8_t *out, size_t cap, size_t *out_len)
 {
     size_t i, key_bytes = 0, value_bytes = 0, off = 0, idx_off, idx_size, meta_off, o;
-    size_t pending_size = 0, sep_len;
-    int pending = 0;
-    const uint8_t *pending_key = NULL;
-    size_t pending_key_len = 0;
+    size_t sep_len;
+    pending_block pending = {0, 0, 0, NULL, 0};
     block_builder data, index;
     uint8_t *index_area, *footer;
 
@@ -302,26 +342,19 @@ int tfs_build_table(size_t n, const uint8_t *const *keys, const size_t *key_lens
         int flush = 0;
         if (i < n && data.len && klen + value_lens[i] >= 2 * (size_t)TFS_BLOCK_SIZE)
             flush = 1; /* a huge entry starts its own block */
-        if ((flush || i == n) && data.len) {
-            pending_size = block_finish(&data);
-            pending = 1;
-            pending_key = data.last_key;
-            pending_key_len = data.last_len;
-            off += pending_size + TFS_BLOCK_TRAILER_SIZE;
-            block_reset(&data, out + off);
-        }
-        if (pending) {
+        if ((flush || i == n) && data.len)
+            finish_data_block(&data, out, &off, &pending);
+        if (pending.set) {
             /* The separator goes into the index block's own key area; it is
              * never longer than the block's last key. */
             uint8_t *entry = index_area + index.len;
             uint8_t handle[20];
-            size_t hlen = put_handle(handle, off - pending_size - TFS_BLOCK_TRAILER_SIZE,
-                                     pending_size);
+            size_t hlen = put_handle(handle, pending.offset, pending.size);
             uint8_t *keyspot = entry + 15; /* past room for the three varints */
             /* Build the entry by hand: restart interval 1 means shared = 0. */
             if (index.len)
                 index.restarts[index.nrestarts++] = (uint32_t)index.len;
-            sep_len = separator(pending_key, pending_key_len, key, klen, keyspot);
+            sep_len = separator(pending.last_key, pending.last_len, key, klen, keyspot);
             entry += tfs_put_varint64(entry, 0);
             entry += tfs_put_varint64(entry, sep_len);
             entry += tfs_put_varint64(entry, hlen);
@@ -330,19 +363,13 @@ int tfs_build_table(size_t n, const uint8_t *const *keys, const size_t *key_lens
             memcpy(entry, handle, hlen);
             entry += hlen;
             index.len = (size_t)(entry - index_area);
-            pending = 0;
+            pending.set = 0;
         }
         if (i == n)
             break;
         block_add(&data, TFS_RESTART_INTERVAL, key, klen, values[i], value_lens[i]);
-        if (block_estimate(&data) >= TFS_BLOCK_SIZE) {
-            pending_size = block_finish(&data);
-            pending = 1;
-            pending_key = data.last_key;
-            pending_key_len = data.last_len;
-            off += pending_size + TFS_BLOCK_TRAILER_SIZE;
-            block_reset(&data, out + off);
-        }
+        if (block_estimate(&data) >= TFS_BLOCK_SIZE)
+            finish_data_block(&data, out, &off, &pending);
     }
 
     /* Metaindex: an empty block. */

@@ -23,6 +23,11 @@ int tfs_encode_entry(int64_t dtype, int32_t rank, const int64_t *dims, int64_t s
                      int64_t offset, int64_t size, int has_crc, uint32_t crc,
                      uint8_t *out, size_t cap, size_t *out_len);
 
+/* BundleHeaderProto; zero fields are omitted, the version message always written. */
+#define TFS_HEADER_BOUND 48
+int tfs_encode_header(int64_t num_shards, int64_t endianness, int64_t producer,
+                      int64_t min_consumer, uint8_t *out, size_t cap, size_t *out_len);
+
 /* One `slices` field (7) holding a TensorSliceProto; length -1 = whole dimension. */
 size_t tfs_slice_field_bound(int32_t rank);
 int tfs_encode_slice_field(int32_t rank, const int64_t *starts, const int64_t *lengths,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the extensions with AddressSanitizer + UndefinedBehaviorSanitizer and run the
-# parser-facing tests under them; any report fails the run.  Rebuilds the normal
+# parser- and writer-facing tests under them; any report fails the run.  Rebuilds the normal
 # extensions afterwards.  Usage: scripts/sanitize.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,5 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$PY" -m pytest -q -p no:cacheprovider tests/test_corruption.py tests/test_reader.py \
-    tests/test_format.py tests/test_golden.py tests/test_paths.py tests/test_roundtrip_property.py "$@"
+    tests/test_format.py tests/test_golden.py tests/test_paths.py tests/test_roundtrip_property.py \
+    tests/test_encoding.py tests/test_writer.py tests/test_parts.py "$@"

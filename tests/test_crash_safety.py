@@ -12,7 +12,7 @@ checkpoints; the test kills it with SIGKILL and then checks what a later reader
 * every prefix that has a ``.index`` file (listed or not) is complete;
 * the next process recovers from whatever was left and continues numbering.
 
-Leftover ``*.tempstate*`` / ``checkpoint.tmp*`` files are allowed (they are
+Leftover ``*.tempstate*`` files are allowed (they are
 counted and reported).  All saves use ``fsync=False``: this tests *process*
 crashes, where the kernel keeps every completed write() and rename(); power
 loss (which needs fsync) is out of scope here.
@@ -336,7 +336,7 @@ def check_directory(directory):
                for n in names if n.endswith(".index")}
     for prefix in indexed - named:
         check_complete(prefix)  # an unlisted checkpoint with an index must be whole too
-    temps = [n for n in names if ".tempstate" in n or n.startswith("checkpoint.tmp")]
+    temps = [n for n in names if ".tempstate" in n]
     data_without_index = {n.split(".data-")[0] for n in names
                           if ".data-" in n and ".tempstate" not in n} - {
         os.path.basename(p) for p in indexed}
@@ -453,6 +453,6 @@ def test_sigkill_at_every_filesystem_step(tmp_path, zygote, layout):
     # stale shards, replaces the state file and deletes ckpt-1: all must be hit.
     text = " ".join(steps_seen)
     for needle in ("replace ckpt-3.data", "replace ckpt-3.index.tempstate",
-                   "unlink ckpt-3.data-00000-of-00005", "replace checkpoint.tmp",
+                   "unlink ckpt-3.data-00000-of-00005", "replace checkpoint.tempstate",
                    "unlink ckpt-1.index", "unlink ckpt-1.data"):
         assert needle in text, (needle, steps_seen)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import bundle_builder as bb
 from tfshard import _build, _data, _index
-from test_format import X_DATA, X_INDEX
+from test_format import X_INDEX
 
 
 def test_format_golden_example():

@@ -269,19 +269,24 @@ def test_strings_round_trip(tmp_path, case, how):
         assert type(x) is bytes
 
 
+def write_both_ways(directory, tensors):
+    """Write ``tensors`` once with add() per tensor and once with add_all(); returns
+    the two prefixes."""
+    prefixes = [str(directory / "add"), str(directory / "add_all")]
+    with tfshard.CheckpointWriter(prefixes[0]) as w:
+        for name, value in tensors.items():
+            w.add(name, value)
+    with tfshard.CheckpointWriter(prefixes[1]) as w:
+        w.add_all(tensors)
+    return prefixes
+
+
 def test_unusual_names_round_trip(tmp_path):
     names = ["a", "a/b", "a/b/c", "ab", "b", "\u00e9/x", "\U0001f600", "\udcff raw byte",
              "sp ace", "new\nline", "nul\x00inside", "z" * 70000, "_CHECKPOINTABLE_OBJECT_GRAPH"]
     names += [f"many/{i:06d}" for i in range(20001)]  # spans many index blocks
     tensors = {name: np.int32(i) for i, name in enumerate(names)}
-    for how in ("add", "add_all"):
-        prefix = str(tmp_path / how)
-        with tfshard.CheckpointWriter(prefix) as w:
-            if how == "add":
-                for name, value in tensors.items():
-                    w.add(name, value)
-            else:
-                w.add_all(tensors)
+    for prefix in write_both_ways(tmp_path, tensors):
         got = tfshard.load(prefix)
         assert sorted(got) == sorted(names)
         assert all(int(got[name]) == value for name, value in tensors.items())
@@ -374,14 +379,7 @@ def test_non_contiguous_and_big_endian_inputs(tmp_path):
         "complex_strided": (base + 2j).astype(np.complex64)[1::2],
         "bool_strided": (base > 0)[:, ::2],
     }
-    for how in ("add", "add_all"):
-        prefix = str(tmp_path / how)
-        with tfshard.CheckpointWriter(prefix) as w:
-            if how == "add":
-                for name, arr in cases.items():
-                    w.add(name, arr)
-            else:
-                w.add_all(cases)
+    for prefix in write_both_ways(tmp_path, cases):
         got = read_all(prefix)
         for name, arr in cases.items():
             native = arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder == ">" else arr
@@ -885,7 +883,7 @@ def test_shards_are_balanced(tmp_path, how, num_shards):
 def test_balance_with_unequal_tensors(tmp_path):
     sizes = [50000, 10, 10, 10, 20000, 20000, 10000, 5]
     tensors = {f"t{i}": np.zeros(s, np.uint8) for i, s in enumerate(sizes)}
-    prefix = tfshard.save(str(tmp_path / "p"), tensors, num_shards=2)
+    tfshard.save(str(tmp_path / "p"), tensors, num_shards=2)
     shard_bytes = [os.path.getsize(os.path.join(tmp_path, data_name("p", i, 2))) for i in (0, 1)]
     # Greedy "fewest bytes so far": the big tensor alone on one shard, the rest on the other.
     assert sorted(shard_bytes)[0] >= 50000 - 1000
@@ -1231,7 +1229,7 @@ def test_write_state_is_atomic(tmp_path, monkeypatch):
     second = CheckpointState(os.path.join(d, "b"), [os.path.join(d, "b")], [2.0], 0.5)
 
     def failing_replace(src, dst):
-        assert os.path.basename(src).startswith("checkpoint.tmp")
+        assert os.path.basename(src).startswith("checkpoint.tempstate")
         assert os.path.exists(src) and dst == os.path.join(d, "checkpoint")
         raise OSError("disk on fire")
 

@@ -20,6 +20,9 @@ from ._format cimport *
 
 cdef extern from "tfs_build.h" nogil:
     size_t tfs_put_varint64(uint8_t *out, uint64_t v)
+    enum: TFS_HEADER_BOUND
+    int tfs_encode_header(int64_t num_shards, int64_t endianness, int64_t producer,
+                          int64_t min_consumer, uint8_t *out, size_t cap, size_t *out_len)
     size_t tfs_entry_bound(int32_t rank)
     int tfs_encode_entry(int64_t dtype, int32_t rank, const int64_t *dims, int64_t shard_id,
                          int64_t offset, int64_t size, int has_crc, uint32_t crc,
@@ -95,25 +98,13 @@ def encode_header(int64_t num_shards, int64_t endianness=0, int64_t producer=1,
                   int64_t min_consumer=0):
     """Serialize a BundleHeaderProto; the defaults are what TF writes on
     little-endian hosts (version {producer: 1})."""
-    cdef uint8_t out[64]
-    cdef uint8_t version[24]
-    cdef size_t n = 0, v = 0
-    if producer:
-        version[v] = 0x08
-        v += 1 + tfs_put_varint64(version + v + 1, <uint64_t>producer)
-    if min_consumer:
-        version[v] = 0x10
-        v += 1 + tfs_put_varint64(version + v + 1, <uint64_t>min_consumer)
-    if num_shards:
-        out[n] = 0x08
-        n += 1 + tfs_put_varint64(out + n + 1, <uint64_t>num_shards)
-    if endianness:
-        out[n] = 0x10
-        n += 1 + tfs_put_varint64(out + n + 1, <uint64_t>endianness)
-    out[n] = 0x1a
-    out[n + 1] = <uint8_t>v
-    memcpy(out + n + 2, version, v)
-    return PyBytes_FromStringAndSize(<char *>out, n + 2 + v)
+    cdef uint8_t out[TFS_HEADER_BOUND]
+    cdef size_t n
+    cdef int st = tfs_encode_header(num_shards, endianness, producer, min_consumer, out,
+                                    sizeof(out), &n)
+    if st != TFS_OK:
+        _encode_failed(st, "the bundle header")
+    return PyBytes_FromStringAndSize(<char *>out, n)
 
 
 def build_table(list keys, list values):

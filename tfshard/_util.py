@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import secrets
 
 
 @contextlib.contextmanager
@@ -40,3 +41,30 @@ def fsync_directory(directory: str):
         pass
     finally:
         os.close(fd)
+
+
+#: Marks files being written; they get their final names by a rename, and no
+#: reader ever looks at them.
+TEMP_MARK = ".tempstate"
+
+
+def temp_name(path: str) -> str:
+    """A fresh temporary name beside ``path``."""
+    return f"{path}{TEMP_MARK}{secrets.randbits(63)}"
+
+
+def atomic_write(path: str, data: bytes, *, fsync: bool = False) -> None:
+    """Replace ``path`` with ``data`` all at once: write a temporary file beside it
+    (``<path>.tempstate<random>``), optionally fsync it, then rename it over ``path``.
+    Readers see the old file or the new one, never a part."""
+    temp = temp_name(path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        remove_file(temp)
+        raise

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 
 from . import _build
-from ._util import fsync_directory, remove_file
+from ._util import atomic_write, fsync_directory, remove_file
 from .errors import CheckpointNotFoundError, InvalidTensorError
 from .paths import data_filename, index_filename
 from .reader import Checkpoint
-from .writer import remove_stale_shards, write_index_file
+from .writer import remove_stale_shards
 
 __all__ = ["merge_parts"]
 
@@ -127,7 +127,7 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
     if not moves:
         # No tensor has data (every part empty): the format still wants shard 0.
         open(data_filename(prefix, 0, 1), "wb").close()
-    write_index_file(prefix, index, fsync)
+    atomic_write(index_filename(prefix), index, fsync=fsync)
     if fsync:
         fsync_directory(directory or ".")
     remove_stale_shards(prefix, num_shards)

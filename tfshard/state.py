@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 
-from ._util import remove_file
+from ._util import atomic_write
 from .errors import CorruptCheckpointError
 
 __all__ = ["CheckpointState", "STATE_FILENAME", "read_state", "parse_state", "format_state",
@@ -274,15 +273,5 @@ def write_state(directory, st: CheckpointState, *, fsync: bool = False) -> str:
     """
     directory = os.fspath(directory)
     target = os.path.join(directory, STATE_FILENAME)
-    temp = f"{target}.tmp{secrets.token_hex(16)}"
-    try:
-        with open(temp, "w", encoding="utf-8", errors="strict", newline="\n") as f:
-            f.write(format_state(st, directory))
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        remove_file(temp)
-        raise
+    atomic_write(target, format_state(st, directory).encode("utf-8"), fsync=fsync)
     return target

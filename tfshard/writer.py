@@ -11,12 +11,11 @@ from __future__ import annotations
 import glob
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from . import _build, _index, dtypes
-from ._util import fsync_directory, gc_paused, remove_file
+from ._util import atomic_write, fsync_directory, gc_paused, remove_file, temp_name
 from .errors import InvalidTensorError, WriterClosedError
 from .paths import data_filename, index_filename
 from .reader import Checkpoint
@@ -31,8 +30,6 @@ __all__ = ["CheckpointWriter", "save", "DEFAULT_ALIGNMENT"]
 #: offsets, so both restore in TF; pass ``alignment=1`` for files
 #: byte-identical to TensorFlow's.
 DEFAULT_ALIGNMENT = 64
-
-_TEMP_MARK = ".tempstate"
 
 
 # A validated tensor, ready to append, is a plain tuple
@@ -50,7 +47,7 @@ class _Shard:
     def __init__(self, prefix: str, shard_id: int, alignment: int):
         self.id = shard_id
         # Where the file is now: a temporary name until the commit renames it.
-        self.path = f"{prefix}.data-{shard_id:05d}{_TEMP_MARK}{secrets.randbits(63)}"
+        self.path = temp_name(f"{prefix}.data-{shard_id:05d}")
         self.fd = os.open(self.path,
                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                           0o666)
@@ -500,7 +497,7 @@ class CheckpointWriter:
             final = data_filename(prefix, shard.id, n)
             os.replace(shard.path, final)
             shard.path = final  # abort() removes it from here until the index exists
-        write_index_file(prefix, index, self.fsync)
+        atomic_write(index_filename(prefix), index, fsync=self.fsync)
         self._state = "committed"
         # The checkpoint is complete; what follows only tidies up.
         if self.fsync:
@@ -637,22 +634,6 @@ def _as_bytes_list(arr, name, dt) -> list:
                 f"{name!r}: element {i} of a {dt.name} tensor is {type(v).__name__}; expected "
                 f"bytes{' or str' if dt.kind == dtypes.STRING else ''}", key=name)
     return items
-
-
-def write_index_file(prefix: str, index: bytes, fsync: bool):
-    """Write ``prefix.index`` through a temporary file and a rename."""
-    path = index_filename(prefix)
-    temp = f"{path}{_TEMP_MARK}{secrets.randbits(63)}"
-    try:
-        with open(temp, "wb") as f:
-            f.write(index)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        remove_file(temp)
-        raise
 
 
 def remove_stale_shards(prefix: str, num_shards: int):
