@@ -275,8 +275,8 @@ class CheckpointWriter:
             if t is None or (overrides and pairs[i][0] in overrides):
                 prepared[i] = self._prepare(*pairs[i], overrides.get(pairs[i][0]))
         keys = [t[KEY] for t in prepared]
-        if len(set(keys)) != len(keys) or not self._entries.keys().isdisjoint(keys) \
-                or not self._partitioned.keys().isdisjoint(keys):
+        if len(set(keys)) != len(keys) or (self._entries and not self._entries.keys().isdisjoint(
+                keys)) or (self._partitioned and not self._partitioned.keys().isdisjoint(keys)):
             seen = set(self._entries) | set(self._partitioned)
             for t in prepared:
                 if t[KEY] in seen:
