@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedError",
     "InvalidTensorError",
     "WriterClosedError",
+    "OutputExistsError",
 ]
 
 
@@ -76,3 +77,8 @@ class InvalidTensorError(TFShardError, ValueError):
 
 class WriterClosedError(TFShardError, ValueError):
     """The writer has already committed or aborted its checkpoint."""
+
+
+class OutputExistsError(TFShardError, FileExistsError):
+    """The output of a save or conversion already exists and ``overwrite`` was not
+    given; nothing was written."""
