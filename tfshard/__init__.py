@@ -5,12 +5,15 @@
 ...     kernel = ckpt["dense/kernel"]                  # zero-copy numpy view
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     IncompatibleVersionError,
     InvalidTensorError,
+    OutputExistsError,
     TensorNotFoundError,
     TFShardError,
     UnsupportedError,
@@ -18,9 +21,6 @@ from .errors import (
 )
 from .paths import latest_checkpoint
 from .reader import Checkpoint, TensorInfo, list_variables, load, load_variable, open
-from .manager import CheckpointManager
-from .parts import merge_parts
-from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save
 
 __version__ = "0.1.0"
 
@@ -46,4 +46,42 @@ __all__ = [
     "UnsupportedError",
     "InvalidTensorError",
     "WriterClosedError",
+    "OutputExistsError",
+    "convert",
+    "extract",
+    "merge",
+    "rename",
+    "strip",
+    "diff",
+    "verify",
 ]
+
+# Writing and conversion load on first use: they import numpy and the format
+# adapters, which listing a checkpoint (`tfshard ls`) never needs.
+_LAZY = {
+    "save": "writer", "CheckpointWriter": "writer", "DEFAULT_ALIGNMENT": "writer",
+    "CheckpointManager": "manager", "merge_parts": "parts",
+    **{name: "conversion" for name in
+       ("convert", "extract", "merge", "rename", "strip", "diff", "verify")},
+}
+
+if TYPE_CHECKING:
+    from .conversion import convert, diff, extract, merge, rename, strip, verify  # noqa: F401
+    from .manager import CheckpointManager  # noqa: F401
+    from .parts import merge_parts  # noqa: F401
+    from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save  # noqa: F401
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfshard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

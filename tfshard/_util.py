@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import secrets
 
 
 @contextlib.contextmanager
@@ -50,7 +49,7 @@ TEMP_MARK = ".tempstate"
 
 def temp_name(path: str) -> str:
     """A fresh temporary name beside ``path``."""
-    return f"{path}{TEMP_MARK}{secrets.randbits(63)}"
+    return f"{path}{TEMP_MARK}{int.from_bytes(os.urandom(8), 'little') >> 1}"
 
 
 def atomic_write(path: str, data: bytes, *, fsync: bool = False) -> None:

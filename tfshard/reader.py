@@ -501,6 +501,33 @@ class Checkpoint(Mapping):
             self._read_plain(i, name, e, True)
         return self._read_plain(i, name, e, verify and index is None, index)
 
+    def release(self, name: str) -> None:
+        """Drop the pages holding ``name``'s bytes from this process's memory.
+
+        A tensor read as a view stays resident after use until the kernel needs
+        the memory; a tool that streams through a whole checkpoint calls this
+        after each tensor so its footprint stays near one tensor.  The data stays
+        in the OS file cache, and views still held re-read it on access, so
+        this never changes a value.  A no-op where the OS cannot do it.
+        """
+        i = self._record(name)
+        e = self._entry(i, name)
+        if e.num_slices:
+            parts = [self._entry(self._table.find(_index.slice_key(_encode(name), ext)), name)
+                     for ext in self._table.slices(i)]
+        else:
+            parts = [e]
+        for part in parts:
+            shard = self._shards.get(part.shard_id)
+            if shard is None or not isinstance(shard.buffer, mmap.mmap) or not part.size:
+                continue
+            start = part.offset - part.offset % mmap.PAGESIZE
+            end = min(part.offset + part.size, shard.size)
+            try:
+                shard.buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (AttributeError, OSError, ValueError):
+                return  # no madvise here (or the map is closed): nothing to gain
+
     def verify_all(self) -> list:
         """Check every tensor's checksum; return ``[(name, error), ...]`` for the bad ones."""
         bad = []

@@ -1,0 +1,599 @@
+"""Model conversion and checkpoint surgery: convert, extract, merge, rename, strip, diff, verify.
+
+Every operation streams: tensors are read one at a time (zero-copy views of the
+input's memory map where the format allows) and handed to the output before the
+next is read, so memory stays near the largest tensor whatever the model size.
+Outputs are written atomically and never replace an existing file unless
+``overwrite=True``.  The command line (``tfshard convert ...``) is a thin layer
+over these functions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import dtypes
+from .errors import CorruptCheckpointError, InvalidTensorError
+from ._objectgraph import OBJECT_GRAPH_KEY, model_keys, without_keys
+from .formats import create_sink, detect_format, open_source
+
+__all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
+           "ConvertReport", "DiffReport", "VerifyReport", "parse_rules"]
+
+# Floating dtypes a --dtype cast applies to; every other tensor is copied as it is.
+_FLOATING = {"float16", "bfloat16", "float32", "float64"}
+
+# TF1 optimizer slot suffixes: a tensor `<var>/<suffix>` is a slot of `<var>`.
+_TF1_SLOTS = {"Adam", "Adam_1", "Momentum", "RMSProp", "RMSProp_1", "Adagrad", "Adadelta",
+              "Adadelta_1", "Ftrl", "Ftrl_1", "AdamW", "AdamW_1", "Nadam", "Nadam_1",
+              "Adamax", "Adamax_1", "ProximalAdagrad", "AdagradDA", "AdagradDA_1"}
+_TF1_OPTIMIZER_SCALARS = {"beta1_power", "beta2_power"}
+_STEP_NAMES = {"global_step", "step"}
+
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion wrote.
+
+    Attributes
+    ----------
+    tensors : int
+    nbytes : int
+        Bytes of tensor data read from the inputs.
+    outputs : list of str
+        Files written.
+    mapping : dict
+        Output name of every input tensor written (``{old: new}``).
+    dropped : list of str
+        Input tensors not written (filtered out, stripped, or lost to a conflict).
+    dropped_bytes : int
+        Bytes of the dropped tensors (computed by :func:`strip`).
+    """
+
+    tensors: int = 0
+    nbytes: int = 0
+    outputs: list = field(default_factory=list)
+    mapping: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)
+    dropped_bytes: int = 0
+
+
+# ---- rules -------------------------------------------------------------------
+
+def parse_rules(rules) -> list:
+    """``[(compiled_regex, replacement), ...]`` from ``"REGEX=REPL"`` strings or pairs.
+
+    The first ``=`` that is not escaped (``\\=``) separates the two parts.
+    """
+    parsed = []
+    for rule in rules or ():
+        if isinstance(rule, str):
+            m = re.match(r"^((?:[^=\\]|\\.)*)=(.*)$", rule, re.S)
+            if not m:
+                raise InvalidTensorError(f"rename rule {rule!r} needs the form 'REGEX=REPLACEMENT'")
+            pattern, repl = m.group(1).replace("\\=", "="), m.group(2)
+        else:
+            pattern, repl = rule
+        try:
+            parsed.append((re.compile(pattern), repl))
+        except re.error as exc:
+            raise InvalidTensorError(f"rename rule {pattern!r}: {exc}") from None
+    return parsed
+
+
+def _rename_all(names: list, rules: list) -> dict:
+    """``{old: new}`` after applying every rule in order; refuses two names made one."""
+    mapping = {}
+    for name in names:
+        new = name
+        for regex, repl in rules:
+            try:
+                new = regex.sub(repl, new)
+            except (re.error, IndexError) as exc:
+                raise InvalidTensorError(f"rename rule {regex.pattern!r} on {name!r}: {exc}")
+        if not new:
+            raise InvalidTensorError(f"the rename rules turn {name!r} into an empty name",
+                                     key=name)
+        mapping[name] = new
+    _refuse_collisions(mapping)
+    return mapping
+
+
+def _refuse_collisions(mapping: dict):
+    targets: dict = {}
+    for old, new in mapping.items():
+        targets.setdefault(new, []).append(old)
+    clashes = {new: olds for new, olds in targets.items() if len(olds) > 1}
+    if clashes:
+        listed = "; ".join(f"{new!r} <- {', '.join(map(repr, olds))}"
+                           for new, olds in sorted(clashes.items())[:20])
+        more = f" (and {len(clashes) - 20} more)" if len(clashes) > 20 else ""
+        raise InvalidTensorError(f"{len(clashes)} output name(s) would be produced by several "
+                                 f"tensors: {listed}{more}")
+
+
+def _selected(name: str, include, exclude) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in exclude or ())
+
+
+# ---- progress ----------------------------------------------------------------
+
+class _Progress:
+    """A byte-counting progress bar on stderr (tqdm), or nothing."""
+
+    def __init__(self, total: int, desc: str, enabled):
+        self.bar = None
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # progress is a nicety, never a reason to fail
+                return
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True,
+                            unit_divisor=1024, file=sys.stderr, leave=False)
+
+    def update(self, n: int):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- the one copy loop ---------------------------------------------------------
+
+def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, progress,
+          report: ConvertReport) -> ConvertReport:
+    """Write ``jobs`` — ``(source, name, out_name)`` in output order — to ``dst``."""
+    cast = None
+    if dtype is not None:
+        try:
+            cast = dtypes.by_name(dtype)
+        except KeyError:
+            raise InvalidTensorError(f"unknown dtype {dtype!r}; expected a TensorFlow dtype "
+                                     f"name such as 'bfloat16'") from None
+        if cast.name not in _FLOATING:
+            raise InvalidTensorError(f"--dtype casts floating tensors only, to one of "
+                                     f"{sorted(_FLOATING)}; got {dtype!r}")
+    plan, total = [], 0
+    for source, name, out_name in jobs:
+        stored, shape = source.info(name)
+        plan.append((out_name, cast.name if cast and stored in _FLOATING else stored, shape))
+        total += source.nbytes(name)
+    bar = _Progress(total, "writing", progress)
+    try:
+        with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
+                         overwrite=overwrite) as sink:
+            for (source, name, out_name), (_, out_dtype, _) in zip(jobs, plan):
+                array = source.read(name)
+                if cast is not None and out_dtype != source.info(name)[0]:
+                    array = array.astype(cast.numpy)
+                sink.add(out_name, array, out_dtype)
+                nbytes = source.nbytes(name)
+                report.tensors += 1
+                report.nbytes += nbytes
+                report.mapping[name] = out_name
+                del array
+                source.release(name)  # its pages may go now: memory stays near one tensor
+                bar.update(nbytes)
+            report.outputs = sink.commit()
+    finally:
+        bar.close()
+    return report
+
+
+# ---- operations ----------------------------------------------------------------
+
+def convert(src, dst, *, src_format: str | None = None, dst_format: str | None = None,
+            dtype: str | None = None, include: Iterable[str] = (), exclude: Iterable[str] = (),
+            rename: Iterable = (), max_shard_size: int | None = None, overwrite: bool = False,
+            progress: bool | None = False) -> ConvertReport:
+    """Convert a model between formats: TF checkpoint, safetensors, ``.npz``, PyTorch.
+
+    Parameters
+    ----------
+    src, dst : str or os.PathLike
+        Input and output; formats are told by their names (see
+        :func:`tfshard.formats.detect_format`) unless given.
+    src_format, dst_format : str, optional
+        ``"tf"``, ``"safetensors"``, ``"npz"``, ``"npy"`` or ``"torch"``.
+    dtype : str, optional
+        Cast floating tensors (float16/bfloat16/float32/float64) to this TF dtype;
+        other tensors are copied unchanged.
+    include, exclude : iterable of str
+        Glob patterns on tensor names (``fnmatch``, ``*`` matches ``/`` too); with
+        ``include`` only matching tensors are kept; ``exclude`` then drops some.
+        Outside TF checkpoints, a TF2 checkpoint's ``_CHECKPOINTABLE_OBJECT_GRAPH``
+        (TF's restore metadata) is always dropped.
+    rename : iterable of str or (regex, replacement)
+        ``"REGEX=REPLACEMENT"`` rules applied in order with ``re.sub``; names are
+        kept as they are unless a rule matches.
+    max_shard_size : int, optional
+        Bytes per output file (TF data shards, safetensors shards).
+    overwrite : bool
+        Replace an existing output (otherwise :class:`~tfshard.OutputExistsError`).
+    progress : bool or None
+        Show a progress bar on stderr; None: only when stderr is a terminal.
+
+    Returns
+    -------
+    ConvertReport
+
+    Raises
+    ------
+    InvalidTensorError
+        Bad rules, or rules that map two tensors to one name.
+    UnsupportedError
+        A tensor the output format cannot hold (before anything is written).
+    """
+    rules = parse_rules(rename)
+    report = ConvertReport()
+    to_tf = (dst_format or detect_format(dst, for_output=True)) == "tf"
+    with open_source(src, src_format) as source:
+        names = []
+        for name in source.names():
+            keep = _selected(name, include, exclude) and (to_tf or name != OBJECT_GRAPH_KEY)
+            (names if keep else report.dropped).append(name)
+        mapping = _rename_all(names, rules)
+        jobs = [(source, name, mapping[name]) for name in names]
+        return _copy(jobs, dst, dst_format=dst_format, dtype=dtype,
+                     max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
+                     report=report)
+
+
+def extract(src, out, patterns: Iterable[str] = (), *, fmt: str | None = None,
+            overwrite: bool = False, progress: bool | None = False) -> ConvertReport:
+    """Write the tensors of ``src`` matching ``patterns`` (all when empty) to ``out``:
+    an ``.npz``, a ``.safetensors`` file, or (``fmt="npy"``) a directory of ``.npy``
+    files whose names are made safe (nothing is written outside ``out``)."""
+    return convert(src, out, dst_format=fmt, include=list(patterns), overwrite=overwrite,
+                   progress=progress)
+
+
+def _split_scope(spec) -> tuple:
+    if isinstance(spec, (tuple, list)):
+        path, scope = spec
+        return str(path), scope or ""
+    spec = str(spec)
+    # "path:scope/" — the scope is what follows the last ':' when it ends in '/';
+    # paths themselves may contain ':'.
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and (tail.endswith("/") or tail == ""):
+        return head, tail
+    return spec, ""
+
+
+def merge(out, sources: Iterable, *, on_conflict: str = "error", dst_format: str | None = None,
+          max_shard_size: int | None = None, overwrite: bool = False,
+          progress: bool | None = False) -> ConvertReport:
+    """Mix several models into one, each optionally under a new name scope.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The merged model (any output format).
+    sources : iterable
+        ``"path"``, ``"path:scope/"`` or ``(path, scope)``: every tensor of ``path``
+        is written as ``scope + name``.
+    on_conflict : {"error", "first", "last"}
+        Two sources giving the same output name: an error listing every conflict
+        (default), or keep the first / last source's tensor.
+
+    Examples
+    --------
+    >>> tfshard.merge("mixed/ckpt", ["vgg16/model.ckpt:vgg/", "head/ckpt-3:head/"])  # doctest: +SKIP
+    """
+    if on_conflict not in ("error", "first", "last"):
+        raise InvalidTensorError(f"on_conflict must be 'error', 'first' or 'last', got "
+                                 f"{on_conflict!r}")
+    specs = [_split_scope(s) for s in sources]
+    if not specs:
+        raise InvalidTensorError("merge needs at least one source")
+    report = ConvertReport()
+    opened = []
+    try:
+        for path, _ in specs:
+            opened.append(open_source(path))
+        chosen: dict = {}       # out name -> (source, name)
+        conflicts: dict = {}    # out name -> [source paths]
+        for source, (path, scope) in zip(opened, specs):
+            for name in source.names():
+                out_name = scope + name
+                if out_name in chosen:
+                    conflicts.setdefault(out_name, [chosen[out_name][0].path]).append(path)
+                    if on_conflict == "first":
+                        report.dropped.append(f"{path}:{name}")
+                        continue
+                    report.dropped.append(f"{chosen[out_name][0].path}:{chosen[out_name][1]}")
+                chosen[out_name] = (source, name)
+        if conflicts and on_conflict == "error":
+            listed = "; ".join(f"{n!r} in {', '.join(p)}" for n, p in sorted(conflicts.items())[:20])
+            more = f" (and {len(conflicts) - 20} more)" if len(conflicts) > 20 else ""
+            raise InvalidTensorError(
+                f"{len(conflicts)} tensor name(s) come from several sources: {listed}{more}; "
+                f"give the sources different scopes (PATH:SCOPE/) or choose --on-conflict "
+                f"first|last")
+        jobs = [(source, name, out_name) for out_name, (source, name) in sorted(chosen.items())]
+        return _copy(jobs, out, dst_format=dst_format, dtype=None,
+                     max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
+                     report=report)
+    finally:
+        for source in opened:
+            source.close()
+
+
+def rename(src, out, rules, *, dry_run: bool = False, overwrite: bool = False,
+           progress: bool | None = False) -> dict:
+    """Write ``src`` to ``out`` with tensors renamed by ``"REGEX=REPL"`` rules.
+
+    Returns ``{old: new}`` for every tensor (unchanged ones included).  With
+    ``dry_run`` nothing is written.  A rule set that maps two tensors to one
+    name is refused before anything is written.
+    """
+    parsed = parse_rules(rules)
+    if not parsed:
+        raise InvalidTensorError("rename needs at least one rule 'REGEX=REPLACEMENT'")
+    with open_source(src) as source:
+        mapping = _rename_all(source.names(), parsed)
+    if not dry_run:
+        convert(src, out, rename=parsed, overwrite=overwrite, progress=progress)
+    return mapping
+
+
+def optimizer_state(names: Iterable[str], *, drop_step: bool = False,
+                    object_graph: bytes | None = None) -> list:
+    """The names among ``names`` that hold optimizer state (sorted).
+
+    TF1: slots ``<var>/Adam``, ``<var>/Adam_1``, ``<var>/Momentum``... of a
+    variable ``<var>`` that is itself present, and ``beta1_power``/``beta2_power``.
+    TF2: every key under an ``.OPTIMIZER_SLOT`` edge, and every key that only the
+    optimizer reaches in ``object_graph`` (the serialized
+    ``_CHECKPOINTABLE_OBJECT_GRAPH``): a key the model reaches is the model's
+    even when it is named ``optimizer/...``, as Keras 3 names every weight.
+    Without an object graph, every key of the ``optimizer/`` object.
+    ``global_step`` is state too with ``drop_step``.
+    """
+    names = list(names)
+    present = set(names)
+    graph = model_keys(object_graph) if object_graph is not None else None
+    found = []
+    for name in names:
+        head, _, last = name.rpartition("/")
+        if graph is not None and name in graph:
+            optimizer_only = not graph[name]
+        else:
+            optimizer_only = graph is None and name.startswith("optimizer/")
+        if ("/.OPTIMIZER_SLOT/" in name or optimizer_only
+                or (last in _TF1_SLOTS and head in present)
+                or last in _TF1_OPTIMIZER_SCALARS
+                or (drop_step and last in _STEP_NAMES and head in ("", "training"))):
+            found.append(name)
+    return sorted(found)
+
+
+class _Replaced:
+    """A source whose tensors named in ``values`` read as those arrays instead."""
+
+    def __init__(self, source, values: dict):
+        self._source, self._values = source, values
+
+    def __getattr__(self, attr):
+        return getattr(self._source, attr)
+
+    def read(self, name):
+        return self._values[name] if name in self._values else self._source.read(name)
+
+
+def _read_object_graph(source):
+    """The serialized object graph of a TF2 checkpoint, or None."""
+    if OBJECT_GRAPH_KEY not in source.names():
+        return None
+    value = source.read(OBJECT_GRAPH_KEY)
+    if getattr(value, "shape", None) != () or not isinstance(value[()], bytes):
+        return None
+    return value[()]
+
+
+def strip(src, out, *, drop_step: bool = False, overwrite: bool = False,
+          progress: bool | None = False, dry_run: bool = False) -> ConvertReport:
+    """Copy a checkpoint without its optimizer state (see :func:`optimizer_state`).
+
+    The report's ``dropped`` lists what was removed; ``nbytes`` what was kept.
+    A TF2 checkpoint keeps its object graph, so it restores into a model built
+    without the optimizer (``tf.train.Checkpoint(model=...).restore(...)``).
+    With ``dry_run`` nothing is written (``out`` may be None): the report says
+    what would be dropped and kept.
+    """
+    with open_source(src) as source:
+        names = source.names()
+        graph = _read_object_graph(source)
+        drop = optimizer_state(names, drop_step=drop_step, object_graph=graph)
+        dropping = set(drop)
+        kept = [n for n in names if n not in dropping]
+        report = ConvertReport(dropped=drop, dropped_bytes=sum(source.nbytes(n) for n in drop))
+        if dry_run:
+            report.tensors = len(kept)
+            report.nbytes = sum(source.nbytes(n) for n in kept)
+            report.mapping = {n: n for n in kept}
+            return report
+        if graph is not None and dropping:
+            import numpy as np
+
+            try:
+                value = np.empty((), dtype=object)
+                value[()] = without_keys(graph, dropping)
+                source = _Replaced(source, {OBJECT_GRAPH_KEY: value})
+            except ValueError:
+                pass  # an object graph we cannot parse is copied as it is
+        return _copy([(source, n, n) for n in kept], out, dst_format=None, dtype=None,
+                     max_shard_size=None, overwrite=overwrite, progress=progress,
+                     report=report)
+
+
+@dataclass
+class DiffReport:
+    """How two models differ.
+
+    Attributes
+    ----------
+    missing : list of str
+        In ``a`` only.
+    unexpected : list of str
+        In ``b`` only.
+    mismatched : dict
+        ``{name: (a's "dtype shape", b's)}`` for tensors of different dtype or shape.
+    differing : dict
+        ``{name: (max_abs_diff, max_rel_diff)}`` for same-typed tensors whose values
+        are not within tolerance.
+    compared : int
+        Tensors whose values were compared.
+    """
+
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    mismatched: dict = field(default_factory=dict)
+    differing: dict = field(default_factory=dict)
+    compared: int = 0
+
+    @property
+    def same(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched or self.differing)
+
+
+def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+    """Compare two models tensor by tensor (any formats).
+
+    Values differ where ``|a - b| > atol + rtol * |b|`` (NaNs in the same places
+    count as equal); strings must be equal.
+    """
+    import numpy as np
+
+    report = DiffReport()
+    with open_source(a) as sa, open_source(b) as sb:
+        na, nb = set(sa.names()), set(sb.names())
+        report.missing = sorted(na - nb)
+        report.unexpected = sorted(nb - na)
+        for name in sorted(na & nb):
+            ia, ib = sa.info(name), sb.info(name)
+            if ia != ib:
+                report.mismatched[name] = (f"{ia[0]} {list(ia[1])}", f"{ib[0]} {list(ib[1])}")
+                continue
+            x, y = sa.read(name), sb.read(name)
+            report.compared += 1
+            if x.dtype == object:
+                if x.ravel().tolist() != y.ravel().tolist():
+                    report.differing[name] = (float("nan"), float("nan"))
+                continue
+            worst = _max_differences(np.asarray(x), np.asarray(y), atol, rtol)
+            if worst is not None:
+                report.differing[name] = worst
+    return report
+
+
+def _max_differences(x, y, atol, rtol, chunk=1 << 20):
+    """(max abs, max rel) difference if any element is out of tolerance, else None.
+    Works through the tensors in chunks so memory stays bounded."""
+    import numpy as np
+
+    x, y = x.reshape(-1), y.reshape(-1)
+    floating = x.dtype.kind in "fcV"  # V: the ml_dtypes types
+    wide = np.complex128 if x.dtype.kind == "c" else np.float64
+    exact = atol == 0 and rtol == 0
+    worst_abs = worst_rel = 0.0
+    bad = False
+    for start in range(0, x.size, chunk):
+        xs, ys = x[start:start + chunk], y[start:start + chunk]
+        if not floating and np.array_equal(xs, ys):
+            continue  # integers and bools: compared exactly first
+        xa, ya = xs.astype(wide), ys.astype(wide)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.abs(xa - ya)
+            rel = np.where(delta == 0, 0.0, delta / np.abs(ya))
+            out = delta > atol + rtol * np.abs(ya)
+        if floating:
+            # Equal values (equal infinities too: inf - inf is NaN) and NaN against NaN
+            # are equal; NaN or an infinity against anything else differs, by an
+            # unbounded amount (reported as inf rather than lost to nanmax).
+            equal = (xa == ya) | (np.isnan(xa) & np.isnan(ya))
+            unbounded = ~equal & ~(np.isfinite(xa) & np.isfinite(ya))
+            delta[equal] = rel[equal] = 0.0
+            delta[unbounded] = rel[unbounded] = np.inf
+            out = (out & ~equal) | unbounded
+        if not floating and exact:
+            out |= xs != ys  # 64-bit integers beyond 2**53 differ even when float64 cannot tell
+        bad = bad or bool(out.any())
+        worst_abs = max(worst_abs, float(np.nanmax(delta, initial=0.0)))
+        worst_rel = max(worst_rel, float(np.nanmax(rel, initial=0.0)))
+    return (worst_abs, worst_rel) if bad else None
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`.
+
+    Attributes
+    ----------
+    checked : int
+        Tensors checked.
+    nbytes : int
+        Bytes checked.
+    problems : list
+        ``[(name, message), ...]`` for every bad tensor.
+    notes : list of str
+        Findings about the checkpoint as a whole (e.g. a data file from another save).
+    """
+
+    checked: int = 0
+    nbytes: int = 0
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path, *, progress: bool | None = False) -> VerifyReport:
+    """Check every tensor's checksum and every index entry of a TF checkpoint,
+    reporting every bad tensor rather than stopping at the first.
+
+    When most tensors of one data shard fail, the shard most likely comes from a
+    different save than the index; that is reported as a note.
+    """
+    from .reader import open as open_checkpoint
+
+    report = VerifyReport()
+    with open_checkpoint(path, verify=True) as ckpt:
+        infos = ckpt.infos()
+        bar = _Progress(sum(i.nbytes for i in infos), "verifying", progress)
+        per_shard: dict = {}
+        try:
+            for info in infos:
+                shard = info.shard if info.shard is not None else -1
+                counts = per_shard.setdefault(shard, [0, 0])
+                counts[0] += 1
+                try:
+                    ckpt.read(info.name, verify=True)
+                except (CorruptCheckpointError, OSError, ValueError) as exc:
+                    report.problems.append((info.name, str(exc)))
+                    counts[1] += 1
+                report.checked += 1
+                report.nbytes += info.nbytes
+                bar.update(info.nbytes)
+        finally:
+            bar.close()
+        for shard, (total, failed) in sorted(per_shard.items()):
+            if shard >= 0 and total >= 2 and failed * 2 > total:
+                report.notes.append(
+                    f"{failed} of {total} tensors in data shard {shard} fail their checks: the "
+                    f"index and that data file probably come from different saves")
+    return report
