@@ -109,3 +109,54 @@ def test_bench_write_quick(tmp_path):
             assert row["tfshard"] is not None and row["ratio"] is not None, row
     # The scratch directory for written checkpoints is removed, leaving nothing behind.
     assert list(work.iterdir()) == [], list(work.iterdir())
+
+
+CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory")
+
+
+def _converter_importable(cwd):
+    """Whether ``tfshard.conversion.convert`` is usable, as bench_convert decides it."""
+    probe = subprocess.run([sys.executable, "-c", "import tfshard.conversion as c; c.convert"],
+                           cwd=cwd, capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+def test_bench_convert_help():
+    proc = _run("bench_convert.py", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("--quick", "--repeat", "--workdir", "--json", *CONVERT_CASES):
+        assert word in proc.stdout
+
+
+def test_bench_convert_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    if not Path("/proc/self/status").exists():
+        pytest.skip("bench_convert measures memory through /proc")
+    results = tmp_path / "results.json"
+    work = tmp_path / "work"
+    proc = _run("bench_convert.py", "--quick", "--repeat", 1, "--workdir", work,
+                "--json", results)
+    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, output
+
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
+    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
+    for case in CONVERT_CASES:
+        assert case in table, f"no table row for {case}\n{output}"
+        assert table[case][-1] in {"PASS", "MISS", "SKIP"}, output
+
+    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
+    assert set(rows) == set(CONVERT_CASES)
+    measured = _converter_importable(tmp_path)
+    for case, row in rows.items():
+        if measured:
+            assert row["status"] in {"PASS", "MISS"}, f"{case}: {row}\n{output}"
+            assert row["tfshard"] is not None and row["ratio"] is not None, row
+        else:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+    assert rows["tf_to_st"]["tf"] is not None, f"the reference script was not timed\n{output}"
+    # Only the cached inputs remain: the scratch directory for outputs is removed.
+    assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-"))
+               for p in work.iterdir()), list(work.iterdir())
