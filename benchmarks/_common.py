@@ -460,6 +460,17 @@ def dump_json(dest: str, payload: Mapping[str, Any]) -> None:
         Path(dest).write_text(text + "\n")
 
 
+def library_environment(tf, tfshard_module, why: str | None) -> dict[str, str]:
+    """:func:`environment` plus the versions of the libraries the benchmarks compare."""
+    return environment({
+        "tensorflow": tf.__version__,
+        "safetensors": version_of("safetensors"),
+        "tfshard": (getattr(tfshard_module, "__version__", "?") + " "
+                    + str(Path(tfshard_module.__file__).parent))
+                   if tfshard_module else f"not measured ({why})",
+    })
+
+
 def finish(benchmark: str, args, rows: Sequence[Row], env: Mapping[str, str], inputs: Any,
            settings: str, t_start: float) -> int:
     """Print a benchmark's header and table, write ``--json``; returns the exit status

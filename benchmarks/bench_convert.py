@@ -629,13 +629,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 
-    env = C.environment({
-        "tensorflow": tf.__version__,
-        "safetensors": C.version_of("safetensors"),
-        "tfshard": (getattr(tfshard_mod, "__version__", "?") + " "
-                    + str(Path(tfshard_mod.__file__).parent))
-                   if tfshard_mod else f"not measured ({why})",
-    })
+    env = C.library_environment(tf, tfshard_mod, why)
     return C.finish("bench_convert", args, rows, env, inputs,
                     f"repeat {args.repeat}, RSS sampling every {SAMPLE_INTERVAL * 1e3:g} ms, "
                     f"workdir {args.workdir}",

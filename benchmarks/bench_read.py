@@ -505,12 +505,7 @@ def main(argv=None) -> int:
                     unit="bytes" if case.startswith("memory") else "s", op=op, threshold=threshold)
         rows.append(C.run_case(row, getattr(bench, case), log=log))
 
-    env = C.environment({
-        "tensorflow": tf.__version__,
-        "safetensors": C.version_of("safetensors"),
-        "tfshard": (getattr(tfshard, "__version__", "?") + " " + str(Path(tfshard.__file__).parent))
-                   if tfshard else f"not measured ({why})",
-    })
+    env = C.library_environment(tf, tfshard, why)
     return C.finish("bench_read", args, rows, env, inputs,
                     f"repeat {args.repeat}, min-time {args.min_time} s, consume={args.consume}, "
                     f"workdir {args.workdir}",

@@ -404,12 +404,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 
-    env = C.environment({
-        "tensorflow": tf.__version__,
-        "safetensors": C.version_of("safetensors"),
-        "tfshard": (getattr(tfshard, "__version__", "?") + " " + str(Path(tfshard.__file__).parent))
-                   if tfshard else f"not measured ({why})",
-    })
+    env = C.library_environment(tf, tfshard, why)
     return C.finish("bench_write", args, rows, env, sizes,
                     f"repeat {args.repeat}, min-time {args.min_time} s, workdir {args.workdir}",
                     t_start)
