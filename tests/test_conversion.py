@@ -223,3 +223,21 @@ def test_release_keeps_values(tmp_path):
         total = float(view.sum())
         ckpt.release("x")
         assert float(view.sum()) == total  # the pages come back from the file
+
+
+def test_tensorflow_reads_converted_and_merged_checkpoints(model, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    conversion.convert(model, tmp_path / "m.safetensors")
+    conversion.convert(tmp_path / "m.safetensors", tmp_path / "from_st", dtype="bfloat16",
+                       rename=[r"^dense/=enc/dense/"], max_shard_size=256)
+    other = tfshard.save(tmp_path / "o", {"w": np.ones(3, np.float32)})
+    conversion.merge(tmp_path / "merged", [f"{tmp_path / 'from_st'}:a/", f"{other}:b/"])
+    conversion.strip(tmp_path / "merged", tmp_path / "stripped")
+    for out in ("from_st", "merged", "stripped"):
+        reader = tf.train.load_checkpoint(str(tmp_path / out))
+        with tfshard.open(tmp_path / out) as ckpt:
+            assert sorted(reader.get_variable_to_shape_map()) == sorted(ckpt)
+            for name in ckpt:
+                assert ckpt.info(name).dtype == reader.get_variable_to_dtype_map()[name].name
+                assert np.asarray(reader.get_tensor(name)).tobytes() == ckpt[name].tobytes()
