@@ -1,0 +1,153 @@
+"""Format adapters for model conversion: one reading and one writing interface
+over TF checkpoints, safetensors, ``.npz``, directories of ``.npy`` files and
+PyTorch files.
+
+>>> with open_source("model.safetensors") as src:                  # doctest: +SKIP
+...     plan = [(n, *src.info(n)) for n in src.names()]
+...     with create_sink("out/ckpt", plan=plan) as sink:            # a TF checkpoint
+...         for name, dtype, _ in plan:
+...             sink.add(name, src.read(name), dtype)
+
+A :class:`Source` holds no tensor data of its own: :meth:`Source.read` returns
+a read-only view of a memory map wherever the format allows, so converting a
+model keeps about one tensor in memory.  A :class:`Sink` is told every tensor
+(name, TF dtype, shape) up front, so formats that need a header first
+(safetensors) still write tensor by tensor, and a tensor a format cannot hold is
+refused before any file is created.  Every output is written under temporary
+names and renamed into place by :meth:`Sink.commit`; an exception inside
+``with create_sink(...)`` leaves neither output nor temporary files behind.
+
+Dtypes are TensorFlow's names everywhere (``"float32"``, ``"bfloat16"``,
+``"qint8"``, ``"string"``...), as :mod:`tfshard.dtypes` lists them.  What each
+format holds:
+
+==============  ===========================================================
+``tf``          every dtype (quantized, string and variant tensors kept)
+``safetensors`` float16/32/64, bfloat16, (u)int8-64, bool, complex64 and the
+                float8 types e5m2, e4m3fn, e5m2fnuz, e4m3fnuz
+``npz``/``npy`` numpy's own types: float16/32/64, (u)int8-64, bool,
+                complex64/128 (numpy's format records bfloat16 and float8
+                arrays as raw bytes, so they would not load back as numbers)
+``torch``       the safetensors types plus complex128 (output is not
+                streaming: ``torch.save`` writes one dict at commit)
+==============  ===========================================================
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidTensorError, UnsupportedError
+from . import _base, _numpy
+from ._base import (
+    FORMATS,
+    Sink,
+    Source,
+    _check_format,
+    _check_plan,
+    _fspath,
+    detect_format,
+)
+from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
+from ._safetensors import _SafetensorsSink, _SafetensorsSource
+from ._tf import _TFSink, _TFSource
+from ._torch import _TorchSink, _TorchSource
+
+__all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink"]
+
+# Private helpers the tests reach through this module (``formats._npy_filenames``).
+_is_plain_filename = _base._is_plain_filename
+_npy_filenames = _numpy._npy_filenames
+
+
+def open_source(path, fmt: str | None = None) -> Source:
+    """Open a model for reading, tensor by tensor.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model (see :func:`detect_format` for the forms each format takes).
+    fmt : str, optional
+        One of :data:`FORMATS`; told from ``path`` when omitted.
+
+    Returns
+    -------
+    Source
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        If the model does not exist.
+    CorruptCheckpointError
+        If its structure is malformed (safetensors headers, npz archives and
+        npy headers are validated when opened or first looked at).
+    UnsupportedError
+        If the format is unknown, or (torch) torch is not installed or the file
+        holds objects other than tensors and containers.
+    """
+    path = _fspath(path)
+    fmt = detect_format(path) if fmt is None else _check_format(fmt)
+    return _SOURCES[fmt](path)
+
+
+_SOURCES = {"tf": _TFSource, "safetensors": _SafetensorsSource, "npz": _NpzSource,
+            "npy": _NpySource, "torch": _TorchSource}
+
+
+def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | None = None,
+                overwrite: bool = False) -> Sink:
+    """Start writing a model.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output: a TF checkpoint prefix, ``*.safetensors`` (with
+        ``max_shard_size``: ``<stem>-00001-of-0000N.safetensors`` files beside a
+        ``<stem>.safetensors.index.json``), ``*.safetensors.index.json``, a
+        directory (``safetensors``: ``model.safetensors`` or shards inside it;
+        ``npy``: one ``.npy`` file per tensor plus ``names.json``), ``*.npz`` or
+        a torch file.  Missing parent directories are created.
+    fmt : str, optional
+        One of :data:`FORMATS`; told from ``path`` when omitted (see
+        :func:`detect_format`).
+    plan : iterable of (str, str, sequence of int)
+        ``(name, TF dtype name, shape)`` of every tensor that will be added,
+        in the order they will be (the order of safetensors shards and of
+        ``.npz`` members).
+    max_shard_size : int, optional
+        Bytes per output file, for ``tf`` and ``safetensors`` outputs: a new
+        file starts when the next tensor would pass it (a larger tensor gets a
+        file of its own).
+    overwrite : bool
+        Replace an existing output at commit.  A directory is only replaced if
+        it holds an npy output; stale shards of an older sharding are removed.
+
+    Returns
+    -------
+    Sink
+
+    Raises
+    ------
+    OutputExistsError
+        If the output exists and ``overwrite`` is False.
+    UnsupportedError
+        If the format cannot hold a planned tensor's dtype or name (the message
+        names it and the formats that can), or ``max_shard_size`` is given
+        for a format without shards.
+    InvalidTensorError
+        If the plan is malformed (duplicate or empty names, unknown dtypes).
+    """
+    path = _fspath(path)
+    fmt = detect_format(path, for_output=True) if fmt is None else _check_format(fmt)
+    if max_shard_size is not None:
+        if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) \
+                or max_shard_size < 1:
+            raise InvalidTensorError(f"max_shard_size must be a positive number of bytes, got "
+                                     f"{max_shard_size!r}")
+        if fmt not in ("tf", "safetensors"):
+            raise UnsupportedError(f"max_shard_size applies to tf and safetensors outputs, "
+                                   f"not {fmt}", path=path)
+    checked = _check_plan(plan, fmt, path)
+    return _SINKS[fmt](path, checked, max_shard_size=max_shard_size, overwrite=bool(overwrite))
+
+
+_SINKS = {"tf": _TFSink, "safetensors": _SafetensorsSink, "npz": _NpzSink, "npy": _NpySink,
+          "torch": _TorchSink}

@@ -1,0 +1,492 @@
+"""safetensors as a format adapter: single files, Hugging Face sharded models
+(``*.safetensors.index.json``) and directories of either.  Reading validates
+each header and returns zero-copy views of a map of the file; writing lays the
+header out from the plan and puts each tensor's bytes straight into place."""
+
+from __future__ import annotations
+
+import builtins
+import glob
+import json
+import mmap
+import os
+import re
+import sys
+
+from .. import dtypes
+from .._util import atomic_write, remove_file, temp_name
+from ..errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    OutputExistsError,
+    UnsupportedError,
+)
+from ..slices import prod
+from ._base import (
+    _ST_FOREIGN_BITS,
+    _ST_INDEX_SUFFIX,
+    _ST_SUFFIX,
+    _ST_TO_TF,
+    _TF_TO_ST,
+    Sink,
+    Source,
+    _empty,
+    _is_plain_filename,
+    _make_dirs,
+    _open_binary,
+    _read_json,
+)
+
+
+# ---- safetensors ------------------------------------------------------------------
+
+# The safetensors library refuses headers above this size; so do we, which
+# also bounds what a hostile length field makes us read.
+_ST_MAX_HEADER = 100_000_000
+
+
+class _STEntry:
+    __slots__ = ("file", "st_dtype", "shape", "begin", "end")
+
+    def __init__(self, file, st_dtype, shape, begin, end):
+        self.file, self.st_dtype, self.shape, self.begin, self.end = (
+            file, st_dtype, shape, begin, end)
+
+
+class _STFile:
+    """One safetensors file: its validated header and a read-only map of it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.buffer = None
+        with _open_binary(path, "safetensors file") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise CorruptCheckpointError(
+                    f"{path} is {size} bytes; a safetensors file starts with an 8-byte header "
+                    f"length", path=path, offset=0)
+            length = int.from_bytes(f.read(8), "little")
+            if length > min(size - 8, _ST_MAX_HEADER):
+                raise CorruptCheckpointError(
+                    f"{path}: the header length field says {length} bytes; the file has "
+                    f"{size - 8} after it, and headers are limited to {_ST_MAX_HEADER}",
+                    path=path, offset=0)
+            raw = f.read(length)
+            if len(raw) != length:
+                raise CorruptCheckpointError(f"{path} shrank while its header was read",
+                                             path=path, offset=8)
+            self.data_start = 8 + length
+            self.size = size
+            self.metadata, self.entries = _parse_st_header(raw, path, self, size - 8 - length)
+            self.buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close(self):
+        if isinstance(self.buffer, mmap.mmap):
+            try:
+                self.buffer.close()
+            except BufferError:
+                pass  # views still use it; the map goes when they do
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _parse_st_header(raw: bytes, path: str, file, data_size: int):
+    """Validate a safetensors JSON header the way the format requires: known
+    dtypes, shapes matching byte spans, and spans that tile the data section
+    exactly (no gap, overlap or trailing bytes).  Returns (metadata, entries)."""
+    def corrupt(message, key=None):
+        return CorruptCheckpointError(f"{path}: {message}", path=path, key=key, offset=8)
+
+    if not raw.startswith(b"{"):
+        raise corrupt("the header is not a JSON object (it must start with '{')")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        raise corrupt(f"the header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(v, str) for v in metadata.values())):
+        raise corrupt("__metadata__ must map strings to strings")
+    entries = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise corrupt(f"the entry of tensor {name!r} is not an object", name)
+        st_dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if st_dtype in _ST_TO_TF:
+            bits = dtypes.by_name(_ST_TO_TF[st_dtype]).itemsize * 8
+        elif st_dtype in _ST_FOREIGN_BITS:
+            bits = _ST_FOREIGN_BITS[st_dtype]
+        else:
+            raise corrupt(f"tensor {name!r} has unknown dtype {st_dtype!r}", name)
+        # type() is int: JSON true/false would pass isinstance(..., int).
+        if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1 << 63
+                                                for d in shape)):
+            raise corrupt(f"tensor {name!r} has shape {shape!r}; expected a list of "
+                          f"non-negative integers", name)
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise corrupt(f"tensor {name!r} has data_offsets {offsets!r}; expected "
+                          f"[begin, end] with 0 <= begin <= end", name)
+        begin, end = offsets
+        if prod(shape) * bits != (end - begin) * 8:
+            raise corrupt(f"tensor {name!r} is {st_dtype} {shape}, which needs "
+                          f"{prod(shape) * bits // 8} bytes, but data_offsets span "
+                          f"{end - begin}", name)
+        entries[name] = _STEntry(file, st_dtype, tuple(shape), begin, end)
+    expected = 0
+    for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if e.begin != expected:
+            what = "overlaps" if e.begin < expected else "leaves a gap"
+            raise corrupt(f"tensor data {what} at byte {min(e.begin, expected)} of the data "
+                          f"section (a tensor starts at {e.begin}, the previous ends at "
+                          f"{expected})")
+        expected = e.end
+    if expected != data_size:
+        raise corrupt(f"the tensors cover {expected} bytes, but the data section after the "
+                      f"header is {data_size} bytes")
+    return metadata or {}, entries
+
+
+def _safetensors_inputs(path: str):
+    """The files of a (possibly sharded) safetensors model and its weight map
+    (None when there is no index file)."""
+    if os.path.isdir(path):
+        index = os.path.join(path, "model" + _ST_INDEX_SUFFIX)
+        if not os.path.isfile(index):
+            found = sorted(glob.glob(os.path.join(glob.escape(path), "*" + _ST_INDEX_SUFFIX)))
+            if len(found) > 1:
+                raise UnsupportedError(
+                    f"{path} holds several safetensors index files "
+                    f"({', '.join(os.path.basename(f) for f in found[:5])}); pass one of them",
+                    path=path)
+            index = found[0] if found else None
+        if index:
+            return _safetensors_index(index)
+        files = sorted(glob.glob(os.path.join(glob.escape(path), "*" + _ST_SUFFIX)))
+        if not files:
+            raise CheckpointNotFoundError(f"{path} holds no .safetensors file", path=path)
+        return files, None
+    if path.lower().endswith(_ST_INDEX_SUFFIX):
+        return _safetensors_index(path)
+    return [path], None
+
+
+def _safetensors_index(path: str):
+    index = _read_json(path, "safetensors index", 1 << 30)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not (isinstance(weight_map, dict) and all(isinstance(v, str)
+                                                 for v in weight_map.values())):
+        raise CorruptCheckpointError(f"{path}: expected an object with a 'weight_map' from "
+                                     f"tensor names to file names", path=path)
+    directory = os.path.dirname(path)
+    files = []
+    for name, file in weight_map.items():
+        # Shards lie beside the index; a path in the map must not send us elsewhere.
+        if not _is_plain_filename(file):
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} is mapped to {file!r}; "
+                                         f"expected a file name beside the index",
+                                         path=path, key=name)
+        if file not in files:
+            files.append(file)
+    return [os.path.join(directory, f) for f in files], weight_map
+
+
+class _SafetensorsSource(Source):
+    """A safetensors file, a sharded model through its ``*.safetensors.index.json``,
+    or a directory of either.  Headers are validated at open; tensors are
+    zero-copy views of each file's map."""
+
+    format = "safetensors"
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._files: list = []
+        self._entries: dict = {}
+        try:
+            paths, weight_map = _safetensors_inputs(path)
+            opened = {}
+            for p in paths:
+                opened[os.path.basename(p)] = f = _STFile(p)
+                self._files.append(f)
+            if weight_map is None:
+                for f in self._files:
+                    for name, e in f.entries.items():
+                        if name in self._entries:
+                            raise UnsupportedError(
+                                f"tensor {name!r} is in both {self._entries[name].file.path} "
+                                f"and {f.path}; open one file", path=path, key=name)
+                        self._entries[name] = e
+            else:
+                for name, file in weight_map.items():
+                    e = opened[file].entries.get(name)
+                    if e is None:
+                        raise CorruptCheckpointError(
+                            f"{path}: the index maps tensor {name!r} to {file}, which does not "
+                            f"hold it", path=path, key=name)
+                    self._entries[name] = e
+        except BaseException:
+            self.close()
+            raise
+        self._sorted = sorted(self._entries)
+        #: The ``__metadata__`` of the first file (``{}`` when it has none).
+        self.metadata = dict(self._files[0].metadata) if self._files else {}
+
+    def _names(self):
+        return self._sorted
+
+    def _release(self, name):
+        e = self._entries.get(name)
+        if e is not None and isinstance(e.file.buffer, mmap.mmap) and e.end > e.begin:
+            start = e.file.data_start + e.begin
+            aligned = start - start % mmap.PAGESIZE
+            try:
+                e.file.buffer.madvise(mmap.MADV_DONTNEED, aligned,
+                                      e.file.data_start + e.end - aligned)
+            except (AttributeError, OSError, ValueError):
+                pass  # no madvise here: the kernel reclaims the pages when it must
+
+    def _entry(self, name) -> _STEntry:
+        e = self._entries.get(name) if isinstance(name, str) else None
+        if e is None:
+            raise self._not_found(name)
+        return e
+
+    def _dtype(self, name, e) -> dtypes.DType:
+        if e.st_dtype not in _ST_TO_TF:
+            raise UnsupportedError(
+                f"{e.file.path}: tensor {name!r} has safetensors dtype {e.st_dtype}, which has "
+                f"no TensorFlow equivalent", path=e.file.path, key=name)
+        return dtypes.by_name(_ST_TO_TF[e.st_dtype])
+
+    def _info(self, name):
+        e = self._entry(name)
+        return self._dtype(name, e).name, e.shape
+
+    def _nbytes(self, name):
+        e = self._entry(name)
+        return e.end - e.begin
+
+    def _read(self, name):
+        import numpy as np
+
+        e = self._entry(name)
+        dt = self._dtype(name, e)
+        if len(e.shape) > 64:
+            raise UnsupportedError(f"tensor {name!r} has rank {len(e.shape)}; numpy allows 64",
+                                   path=e.file.path, key=name)
+        count = prod(e.shape)
+        if count == 0:
+            return _empty(e.shape, dt.numpy, e.file.path, name)
+        f = e.file
+        start = f.data_start + e.begin
+        # A file truncated after it was mapped would fault (SIGBUS) when a view
+        # is read: check its current size first.
+        current = f.buffer.size()
+        if f.data_start + e.end > min(current, f.size):
+            raise CorruptCheckpointError(
+                f"{f.path} is {current} bytes, but tensor {name!r} needs bytes "
+                f"[{start}, {f.data_start + e.end}) (the file was truncated)",
+                path=f.path, key=name, offset=start)
+        arr = np.frombuffer(f.buffer, dtype=dt.numpy, count=count, offset=start)
+        if sys.byteorder == "big" and dt.swap:
+            arr = _byteswapped(arr, dt)
+        return arr.reshape(e.shape)
+
+    def _close(self):
+        for f in self._files:
+            f.close()
+
+
+def _byteswapped(arr, dt):
+    """A native-order copy of little-endian data (big-endian hosts only)."""
+    import numpy as np
+
+    out = arr.view(np.dtype(f"u{dt.swap}")).byteswap().view(dt.numpy)
+    out.flags.writeable = False
+    return out
+
+
+# ---- writing ------------------------------------------------------------------------
+
+def _shard_groups(plan: dict, max_shard_size) -> list:
+    """Tensor names per output file: in plan order, a new file whenever the next
+    tensor would take the current one past ``max_shard_size``."""
+    groups: list = [[]]
+    used = 0
+    for name, (dt, shape) in plan.items():
+        n = dt.itemsize * prod(shape)
+        if max_shard_size is not None and groups[-1] and used + n > max_shard_size:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += n
+    return groups
+
+
+class _STShard:
+    """One safetensors file being written: its header, and each tensor's offset."""
+
+    def __init__(self, final: str, names: list, plan: dict):
+        self.final = final
+        self.path = temp_name(final)  # where it is until the commit renames it
+        # Larger elements first: with the data section starting on a multiple of
+        # 8, every tensor is then aligned to its element size (as the
+        # safetensors library lays files out), so mapped views are aligned.
+        ordered = sorted(names, key=lambda n: -plan[n][0].itemsize)
+        header, self.offsets, offset = {}, {}, 0
+        for name in ordered:
+            dt, shape = plan[name]
+            size = dt.itemsize * prod(shape)
+            header[name] = {"dtype": _TF_TO_ST[dt.name], "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            self.offsets[name] = offset
+            offset += size
+        raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self.data_start = 8 + len(raw)
+        self.data_size = offset
+        with builtins.open(self.path, "xb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+
+
+def _raw_bytes(arr):
+    """A buffer of ``arr``'s bytes in C order, little-endian (no copy when it
+    already is)."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(arr)
+    if sys.byteorder == "big" and arr.dtype.itemsize > 1:
+        if arr.dtype.kind == "c":  # two floats per element, each swapped
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        else:  # through unsigned ints, which ml_dtypes types can be viewed as
+            arr = arr.view(f"u{arr.dtype.itemsize}").byteswap()
+    # ml_dtypes types cannot be exported as buffers; their bytes can.
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+class _SafetensorsSink(Sink):
+    """One ``.safetensors`` file, or (``max_shard_size``) Hugging Face shards plus
+    an index.  Headers are written from the plan first; each tensor's bytes go
+    straight to their place in the file when it is added."""
+
+    format = "safetensors"
+    # Defaults for an abort() of a partly constructed sink.
+    _shards: list = []
+    _handle = _handle_shard = None
+
+    def __init__(self, path, plan, *, max_shard_size, overwrite):
+        super().__init__(path, plan, max_shard_size=max_shard_size, overwrite=overwrite)
+        low = path.lower()
+        if low.endswith(_ST_INDEX_SUFFIX):
+            stem, index, single = path[:-len(_ST_INDEX_SUFFIX)], path, None
+            directory = os.path.dirname(path)
+        elif low.endswith(_ST_SUFFIX):
+            stem, single = path[:-len(_ST_SUFFIX)], path
+            index, directory = stem + _ST_INDEX_SUFFIX, os.path.dirname(path)
+        else:  # a directory: Hugging Face's file names inside it
+            directory = path
+            stem = os.path.join(path, "model")
+            index, single = stem + _ST_INDEX_SUFFIX, stem + _ST_SUFFIX
+        groups = _shard_groups(plan, max_shard_size)
+        n = len(groups)
+        if n == 1 and single is not None:
+            finals, self._index = [single], None
+        else:
+            finals = [f"{stem}-{i + 1:05d}-of-{n:05d}{_ST_SUFFIX}" for i in range(n)]
+            self._index = index
+        self._stem, self._single, self._old_index = stem, single, index
+        self._finals = finals
+        existing = [p for p in self._outputs(finals) if os.path.lexists(p)]
+        if existing and not overwrite:
+            raise self._exists_error(existing[0])
+        for p in existing:
+            if os.path.isdir(p):
+                raise OutputExistsError(f"{p} is a directory; it will not be replaced by a "
+                                        f"file", path=p)
+        self._shards = []
+        self._where: dict = {}
+        self._created_dirs = _make_dirs(directory)
+        try:
+            for final, names in zip(finals, groups):
+                shard = _STShard(final, names, plan)
+                self._shards.append(shard)
+                for name in names:
+                    self._where[name] = shard
+        except BaseException:
+            self.abort()
+            raise
+
+    def _outputs(self, finals) -> list:
+        """Files of this output, and of any other sharding of the same stem (which
+        a loader would mix up with ours)."""
+        others = [self._old_index] + ([self._single] if self._single else [])
+        pattern = glob.escape(self._stem) + "-[0-9][0-9][0-9][0-9][0-9]-of-*" + _ST_SUFFIX
+        others += [p for p in glob.glob(pattern) if _SHARD_RE.match(os.path.basename(p))]
+        return list(dict.fromkeys(finals + others))
+
+    def _write(self, name, dt, shape, array):
+        arr = self._array(name, dt, shape, array)
+        shard = self._where[name]
+        if self._handle_shard is not shard:
+            self._close_handle()
+            self._handle = builtins.open(shard.path, "r+b")
+            self._handle_shard = shard
+        # Tensors are laid out by element size, so a tensor's place need not
+        # follow the previous one's: seek there (holes are filled by later adds).
+        self._handle.seek(shard.data_start + shard.offsets[name])
+        if arr.nbytes:
+            self._handle.write(_raw_bytes(arr))
+
+    def _close_handle(self):
+        if self._handle is not None:
+            handle, self._handle, self._handle_shard = self._handle, None, None
+            handle.close()
+
+    def _commit(self):
+        self._close_handle()
+        for shard in self._shards:
+            size = os.path.getsize(shard.path)
+            if size != shard.data_start + shard.data_size:  # every byte written exactly once
+                raise CorruptCheckpointError(
+                    f"{shard.path} is {size} bytes after writing; expected "
+                    f"{shard.data_start + shard.data_size}", path=shard.path)
+        if not self.overwrite:
+            existing = [p for p in self._outputs(self._finals) if os.path.lexists(p)]
+            if existing:
+                raise self._exists_error(existing[0])
+        # No index may describe a mix of old and new shards, even for a moment.
+        remove_file(self._old_index)
+        for shard in self._shards:
+            os.replace(shard.path, shard.final)
+            shard.path = shard.final  # abort() removes it from here until the index exists
+        files = [s.final for s in self._shards]
+        if self._index is not None:
+            weight_map = {name: os.path.basename(self._where[name].final)
+                          for name in sorted(self._plan)}
+            total = sum(s.data_size for s in self._shards)
+            atomic_write(self._index, json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map},
+                indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
+            files.append(self._index)
+        for stale in self._outputs([]):
+            if stale not in files:
+                remove_file(stale)
+        return files
+
+    def _abort(self):
+        self._close_handle()
+        for shard in self._shards:
+            remove_file(shard.path)
+
+
+_SHARD_RE = re.compile(r".*-\d{5}-of-\d{5}" + re.escape(_ST_SUFFIX) + "$")
