@@ -1317,3 +1317,29 @@ def test_missing_index(tmp_path):
 def test_missing_everything(tmp_path):
     expect_error(lambda: tfshard.open(tmp_path / "nothing" / "here"), CheckpointNotFoundError,
                  ("here.index",))
+
+
+def test_entries_sharing_bytes_are_reported(tmp_path):
+    """An entry that points into another tensor with matching checksums passes every CRC;
+    verify_all reports it (also when the overlapped tensor is not the previous one)."""
+    data = np.arange(32, dtype=np.float32).tobytes()
+
+    def entry(offset, count):
+        part = data[offset:offset + 4 * count]
+        return bb.encode_entry(1, (count,), 0, offset, len(part), bb.mask(crc32c.crc32c(part)))
+
+    items = [(b"", bb.encode_header(1)), (b"a", entry(0, 32)), (b"b", entry(16, 2)),
+             (b"c", entry(64, 4)), (b"d", entry(120, 2))]
+    (tmp_path / "x.index").write_bytes(bb.build_table(items))
+    (tmp_path / "x.data-00000-of-00001").write_bytes(data)
+    with tfshard.open(tmp_path / "x") as ckpt:
+        bad = ckpt.verify_all()
+    assert [name for name, _ in bad] == ["b", "c", "d"]
+    assert all(isinstance(exc, tfshard.CorruptCheckpointError) for _, exc in bad)
+    assert "inside tensor 'a'" in str(bad[1][1])
+
+
+def test_golden_checkpoints_have_no_overlapping_tensors():
+    for prefix in GOLDEN.glob("*/*.index"):
+        with tfshard.open(str(prefix)[:-len(".index")]) as ckpt:
+            assert ckpt._overlaps() == [], prefix

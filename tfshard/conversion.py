@@ -591,6 +591,8 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
                 bar.update(info.nbytes)
         finally:
             bar.close()
+        for name, exc in ckpt._overlaps():
+            report.problems.append((name, str(exc)))
         for shard, (total, failed) in sorted(per_shard.items()):
             if shard >= 0 and total >= 2 and failed * 2 > total:
                 report.notes.append(

@@ -529,14 +529,48 @@ class Checkpoint(Mapping):
                 return  # no madvise here (or the map is closed): nothing to gain
 
     def verify_all(self) -> list:
-        """Check every tensor's checksum; return ``[(name, error), ...]`` for the bad ones."""
+        """Check every tensor's checksum, and that no two tensors share bytes of a
+        data file; return ``[(name, error), ...]`` for the bad ones."""
         bad = []
         for name in self:
             try:
                 self.read(name, verify=True)
             except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
                 bad.append((name, exc))
+        return bad + self._overlaps()
+
+    def _overlaps(self) -> list:
+        """``[(name, CorruptCheckpointError)]`` for tensors whose bytes overlap another's
+        in a data file.  A checksum cannot catch an entry that points at another tensor
+        together with that tensor's CRC; TF's writer never lays tensors over each other."""
+        spans = []
+        table = self._table
+        for h in table.handles():
+            _, _, shard, offset, size, _, nslices, _ = table.entry(h)
+            if not nslices and size > 0:
+                spans.append((shard, offset, offset + size, h))
+        spans.sort()
+        bad = []
+        reach = None  # (shard, end, handle) of the span reaching furthest so far
+        for shard_b, start_b, end_b, hb in spans:
+            if reach is not None and reach[0] == shard_b and start_b < reach[1]:
+                _, end_a, ha = reach
+                a, b = self._display_name(ha), self._display_name(hb)
+                bad.append((b, CorruptCheckpointError(
+                    f"{self.index_path}: tensor {b!r} starts at byte {start_b} of data shard "
+                    f"{shard_b}, inside tensor {a!r} (which ends at {end_a}); tensors must not "
+                    f"share bytes", path=self.index_path, key=b, offset=start_b)))
+            if reach is None or reach[0] != shard_b or end_b > reach[1]:
+                reach = (shard_b, end_b, hb)
         return bad
+
+    def _display_name(self, handle: int) -> str:
+        """The tensor name of an index entry (a slice entry: ``name[spec]``)."""
+        key = self._table.key(handle)
+        if key[:1] == b"\0":
+            name, extents = _index.decode_slice_key(key)
+            return f"{name.decode('utf-8', 'surrogateescape')}[{spec(extents)}]"
+        return key.decode("utf-8", "surrogateescape")
 
     # ---- lifetime -------------------------------------------------------
 
