@@ -10,8 +10,10 @@ finding: another exception, a hang (past ``--case-timeout``), or a crash.
 
 Cases run in a worker process, so a crash (SIGSEGV, SIGBUS, abort) is caught;
 the worker writes each case's number before running it, so the parent knows
-which case killed it, saves the input under ``--findings`` and starts a new
-worker.  Everything is reproducible from ``--seed``.
+which case killed it, saves the input under ``--findings`` (with a copy shrunk
+towards the seed checkpoint, in ``minimized/``, when the failure reproduces in
+a fresh process) and starts a new worker.  Everything is reproducible from
+``--seed``.
 
 Examples::
 
@@ -188,14 +190,76 @@ def worker(first: int, count: int, seed: int, progress_path: str) -> int:
 
 # ---- parent ----------------------------------------------------------------------
 
-def save_finding(findings: Path, number: int, seed: int, why: str) -> Path:
+def fails(files: dict, case_timeout: float) -> bool:
+    """Whether these checkpoint files make a fresh process fail in another way than
+    success or a TFShardError (a stray exception, a crash or a hang)."""
+    with tempfile.TemporaryDirectory(prefix="tfshard-fuzz-min-") as tmp:
+        prefix = write_case({"files": files}, tmp)
+        code = ("import sys; sys.path.insert(0, %r); import fuzz; fuzz.exercise(%r)"
+                % (str(Path(__file__).parent), prefix))
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  timeout=case_timeout)
+        except subprocess.TimeoutExpired:
+            return True
+        return proc.returncode != 0
+
+
+def minimize(case: dict, case_timeout: float, budget: int = 200) -> dict:
+    """Shrink a failing case towards its seed checkpoint: put back runs of the seed's
+    bytes (halving the run length, as delta debugging does) and cut the mutated file
+    short, keeping each change that still fails.  Returns the smaller files."""
+    files = dict(case["files"])
+    target = ".index" if case["mutated"].startswith(".index") else case["mutated"]
+    original = seed_files(case["seed_checkpoint"])[target]
+    tries = 0
+
+    def attempt(candidate: bytes) -> bool:
+        nonlocal tries
+        tries += 1
+        trial = dict(files, **{target: candidate})
+        if fails(trial, case_timeout):
+            files[target] = candidate
+            return True
+        return False
+
+    # Cut the end off while it still fails.
+    lo, hi = 0, len(files[target])
+    while lo < hi and tries < budget:
+        mid = (lo + hi) // 2
+        if attempt(files[target][:mid]):
+            hi = len(files[target])
+        else:
+            lo = mid + 1
+    # Restore the seed's bytes in shrinking runs (same offsets, where both files have them).
+    run = max(1, len(files[target]) // 2)
+    while run >= 1 and tries < budget:
+        pos = 0
+        while pos < len(files[target]) and tries < budget:
+            current = files[target]
+            patched = current[:pos] + original[pos:pos + run] + current[pos + run:]
+            patched = patched[:len(current)]
+            if patched != current:
+                attempt(patched)
+            pos += run
+        run //= 2
+    return files
+
+
+def save_finding(findings: Path, number: int, seed: int, why: str,
+                 case_timeout: float = 5.0) -> Path:
     case = make_case(number, seed)
     out = findings / f"seed{seed}-case{number}"
     out.mkdir(parents=True, exist_ok=True)
     write_case(case, str(out))
+    minimized = out / "minimized"
+    if fails(case["files"], case_timeout):  # reproducible in a fresh process: shrink it
+        minimized.mkdir(exist_ok=True)
+        write_case({"files": minimize(case, case_timeout)}, str(minimized))
     (out / "finding.json").write_text(json.dumps({
         "seed": seed, "case": number, "seed_checkpoint": case["seed_checkpoint"],
-        "mutated": case["mutated"], "why": why}, indent=1) + "\n")
+        "mutated": case["mutated"], "why": why,
+        "minimized": minimized.is_dir()}, indent=1) + "\n")
     return out
 
 
@@ -233,7 +297,7 @@ def run(seed: int, count: int | None, seconds: float | None, batch: int, case_ti
             why = (f"worker ended by signal {signal.Signals(-status).name}"
                    if isinstance(status, int) and status < 0 else
                    f"worker: {status} {' '.join(detail)}")
-        where = save_finding(findings, failed, seed, why)
+        where = save_finding(findings, failed, seed, why, case_timeout)
         found.append({"case": failed, "why": why, "saved": str(where)})
         log(f"FINDING case {failed}: {why} -> {where}")
         number = failed + 1

@@ -57,3 +57,18 @@ def test_harness_catches_and_saves_findings(tmp_path, monkeypatch, kind, why):
     saved = tmp_path / "seed5-case7"
     assert (saved / "finding.json").exists() and (saved / "ckpt.index").exists()
     assert summary["cases"] == 20  # the campaign went on after the finding
+
+
+def test_minimize_shrinks_towards_the_seed(monkeypatch):
+    """With a stand-in failure ("the index holds DE AD"), minimization cuts what follows
+    the trigger and puts back every other mutated byte."""
+    original = fuzz.seed_files("strings/ckpt")[".index"]
+    mutated = bytearray(original)
+    for pos in (3, 40, 77):
+        mutated[pos] ^= 0x55
+    mutated[100:100] = b"\xde\xad"
+    case = {"seed_checkpoint": "strings/ckpt", "mutated": ".index",
+            "files": dict(fuzz.seed_files("strings/ckpt"), **{".index": bytes(mutated)})}
+    monkeypatch.setattr(fuzz, "fails", lambda files, timeout: b"\xde\xad" in files[".index"])
+    small = fuzz.minimize(case, 5.0)
+    assert small[".index"] == original[:100] + b"\xde\xad"
