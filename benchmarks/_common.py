@@ -460,6 +460,18 @@ def dump_json(dest: str, payload: Mapping[str, Any]) -> None:
         Path(dest).write_text(text + "\n")
 
 
+def select_cases(parser, args, cases: Sequence[str]) -> None:
+    """Turn ``--cases a,b`` into ``args.cases`` (in the script's order), checking names and
+    ``--repeat``; usage errors go through ``parser``."""
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(cases))
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(unknown)}")
+    args.cases = [c for c in cases if c in wanted]
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+
 def library_environment(tf, tfshard_module, why: str | None) -> dict[str, str]:
     """:func:`environment` plus the versions of the libraries the benchmarks compare."""
     return environment({

@@ -478,13 +478,9 @@ def parse_args(argv=None):
     if args.min_time is None:
         args.min_time = 0.0 if args.quick else 0.2
     args.workdir = args.workdir or C.default_workdir()
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(cases) - set(CASES))
-    if unknown:
-        parser.error(f"unknown case(s): {', '.join(unknown)}")
-    args.cases = [c for c in CASES if c in cases]
-    if args.repeat < 1 or args.cli_repeat < 1:
-        parser.error("--repeat and --cli-repeat must be at least 1")
+    C.select_cases(parser, args, CASES)
+    if args.cli_repeat < 1:
+        parser.error("--cli-repeat must be at least 1")
     return args
 
 

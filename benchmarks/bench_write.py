@@ -369,13 +369,7 @@ def parse_args(argv=None):
     if args.min_time is None:
         args.min_time = 0.0
     args.workdir = args.workdir or C.default_workdir()
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(cases) - set(CASES))
-    if unknown:
-        parser.error(f"unknown case(s): {', '.join(unknown)}")
-    args.cases = [c for c in CASES if c in cases]
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    C.select_cases(parser, args, CASES)
     return args
 
 
