@@ -21,6 +21,7 @@ Conventions the scripts share:
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import json
@@ -460,9 +461,30 @@ def dump_json(dest: str, payload: Mapping[str, Any]) -> None:
         Path(dest).write_text(text + "\n")
 
 
-def select_cases(parser, args, cases: Sequence[str]) -> None:
-    """Turn ``--cases a,b`` into ``args.cases`` (in the script's order), checking names and
-    ``--repeat``; usage errors go through ``parser``."""
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: description and the "Cases" section of ``--help`` come from the
+    script's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   epilog=doc[doc.index("Cases\n"):],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv, cases: Sequence[str], *,
+                         others: str) -> argparse.Namespace:
+    """Add the options every benchmark shares (``--cases``, ``--no-tfshard``, ``--json``),
+    parse, and apply the shared defaults: ``--repeat`` 5 (1 with ``--quick``), the default
+    ``--workdir``, and ``args.cases`` as a list in the script's order.  ``others`` names what
+    is still measured with ``--no-tfshard``.  Usage errors go through ``parser``."""
+    parser.add_argument("--cases", default=",".join(cases), metavar="LIST",
+                        help=f"comma-separated subset of: {', '.join(cases)}")
+    parser.add_argument("--no-tfshard", action="store_true",
+                        help=f"measure only {others} (tfshard columns say n/a)")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="also write all results, with every sample, as JSON to PATH "
+                             "(stdout if no PATH is given)")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 5)
+    args.workdir = args.workdir or default_workdir()
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(wanted) - set(cases))
     if unknown:
@@ -470,6 +492,7 @@ def select_cases(parser, args, cases: Sequence[str]) -> None:
     args.cases = [c for c in cases if c in wanted]
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    return args
 
 
 def library_environment(tf, tfshard_module, why: str | None) -> dict[str, str]:

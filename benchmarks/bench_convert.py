@@ -80,7 +80,6 @@ Examples
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -561,10 +560,7 @@ DESCRIPTIONS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__[__doc__.index("Cases\n"):],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="tiny inputs (~4 MB BERT-shaped model, 20 MB streaming model), one "
                              "timed round: a smoke test, not a measurement")
@@ -575,17 +571,7 @@ def parse_args(argv=None):
                         help=f"cache for generated inputs (default {C.default_workdir()}); "
                              "reused when present.  Outputs go to a scratch directory in it, "
                              "removed at the end")
-    parser.add_argument("--cases", default=",".join(CASES), metavar="LIST",
-                        help=f"comma-separated subset of: {', '.join(CASES)}")
-    parser.add_argument("--no-tfshard", action="store_true",
-                        help="measure only the reference script (tfshard columns say n/a)")
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                        help="also write all results, with every run's numbers, as JSON to "
-                             "PATH (stdout if no PATH is given)")
-    args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.quick else 5)
-    args.workdir = args.workdir or C.default_workdir()
-    C.select_cases(parser, args, CASES)
+    args = C.parse_benchmark_args(parser, argv, CASES, others="the reference script")
     return args
 
 

@@ -67,7 +67,6 @@ Examples
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -445,10 +444,7 @@ DESCRIPTIONS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__[__doc__.index("Cases\n"):],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="tiny inputs (300 tensors, ~4 MB model), one sample per library, no "
                              "calibration or warm-up process: a smoke test, not a measurement")
@@ -462,23 +458,13 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help=f"cache for generated inputs (default {C.default_workdir()}); "
                              "reused when present")
-    parser.add_argument("--cases", default=",".join(CASES), metavar="LIST",
-                        help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--consume", choices=("sum", "copy"), default="sum",
                         help="what read_all does with each returned array (default sum; see "
                              "the docstring)")
-    parser.add_argument("--no-tfshard", action="store_true",
-                        help="measure only TF and safetensors (tfshard columns say n/a)")
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                        help="also write all results, with raw samples, as JSON to PATH "
-                             "(stdout if no PATH is given)")
-    args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.quick else 5)
+    args = C.parse_benchmark_args(parser, argv, CASES, others="TF and safetensors")
     args.cli_repeat = args.cli_repeat or args.repeat
     if args.min_time is None:
         args.min_time = 0.0 if args.quick else 0.2
-    args.workdir = args.workdir or C.default_workdir()
-    C.select_cases(parser, args, CASES)
     if args.cli_repeat < 1:
         parser.error("--cli-repeat must be at least 1")
     return args

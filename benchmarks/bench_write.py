@@ -61,7 +61,6 @@ Examples
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import shutil
@@ -341,10 +340,7 @@ DESCRIPTIONS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__[__doc__.index("Cases\n"):],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="tiny inputs (200 tensors, ~4 MB model), one sample per writer: a "
                              "smoke test, not a measurement")
@@ -357,19 +353,9 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help=f"where the scratch directory for written files is made "
                              f"(default {C.default_workdir()}); it is removed at the end")
-    parser.add_argument("--cases", default=",".join(CASES), metavar="LIST",
-                        help=f"comma-separated subset of: {', '.join(CASES)}")
-    parser.add_argument("--no-tfshard", action="store_true",
-                        help="measure only the other writers (tfshard columns say n/a)")
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                        help="also write all results, with raw samples, as JSON to PATH "
-                             "(stdout if no PATH is given)")
-    args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.quick else 5)
+    args = C.parse_benchmark_args(parser, argv, CASES, others="the other writers")
     if args.min_time is None:
         args.min_time = 0.0
-    args.workdir = args.workdir or C.default_workdir()
-    C.select_cases(parser, args, CASES)
     return args
 
 

@@ -25,44 +25,50 @@ def _run(script, *args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _importable(cwd, attribute):
-    """Whether the benchmark's interpreter can use ``tfshard.<attribute>``, as the script
-    decides it (asked in a child run outside the source tree, so an unbuilt checkout does not
-    count)."""
-    probe = subprocess.run([sys.executable, "-c", f"import tfshard; tfshard.{attribute}"],
+def _importable(cwd, code):
+    """Whether the benchmark's interpreter can run ``code`` (which reaches the part of
+    tfshard the script measures), as the script decides it: asked in a child run outside the
+    source tree, so an unbuilt checkout does not count."""
+    probe = subprocess.run([sys.executable, "-c", code],
                            cwd=cwd, capture_output=True, timeout=120)
     return probe.returncode == 0
 
 
-def _reader_importable(cwd):
-    return _importable(cwd, "open")
+def _check_help(script, cases):
+    proc = _run(script, "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("--quick", "--repeat", "--workdir", "--json", *cases):
+        assert word in proc.stdout
+
+
+def _run_quick(script, cases, tmp_path, *args, statuses=("PASS", "MISS", "SKIP")):
+    """Run ``script --quick`` with JSON output; check every case has a table row with one of
+    ``statuses``.  Returns (output for messages, {case: JSON row})."""
+    results = tmp_path / "results.json"
+    proc = _run(script, "--quick", *args, "--json", results)
+    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, output
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
+    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
+    for case in cases:
+        assert case in table, f"no table row for {case}\n{output}"
+        assert table[case][-1] in statuses, output
+    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
+    assert set(rows) == set(cases)
+    return output, rows
 
 
 def test_bench_read_help():
-    proc = _run("bench_read.py", "--help", timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for word in ("--quick", "--repeat", "--workdir", "--json", *READ_CASES):
-        assert word in proc.stdout
+    _check_help("bench_read.py", READ_CASES)
 
 
 def test_bench_read_quick(tmp_path):
     pytest.importorskip("tensorflow")
     pytest.importorskip("safetensors")
-    results = tmp_path / "results.json"
-    proc = _run("bench_read.py", "--quick", "--workdir", tmp_path / "work", "--json", results)
-    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0, output
-
-    lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
-    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
-    for case in READ_CASES:
-        assert case in table, f"no table row for {case}\n{output}"
-        assert table[case][-1] in {"PASS", "MISS", "SKIP"}, output
-
-    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
-    assert set(rows) == set(READ_CASES)
-    measured = _reader_importable(tmp_path)
+    output, rows = _run_quick("bench_read.py", READ_CASES, tmp_path,
+                              "--workdir", tmp_path / "work")
+    measured = _importable(tmp_path, "import tfshard; tfshard.open")
     for case, row in rows.items():
         assert row["tf"] is not None, f"{case}: TensorFlow side not measured\n{output}"
         if measured:
@@ -73,32 +79,16 @@ def test_bench_read_quick(tmp_path):
 
 
 def test_bench_write_help():
-    proc = _run("bench_write.py", "--help", timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for word in ("--quick", "--repeat", "--workdir", "--json", *WRITE_CASES):
-        assert word in proc.stdout
+    _check_help("bench_write.py", WRITE_CASES)
 
 
 def test_bench_write_quick(tmp_path):
     pytest.importorskip("tensorflow")
     pytest.importorskip("safetensors")
-    results = tmp_path / "results.json"
     work = tmp_path / "work"
-    proc = _run("bench_write.py", "--quick", "--repeat", 1, "--workdir", work,
-                "--json", results)
-    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0, output
-
-    lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
-    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
-    for case in WRITE_CASES:
-        assert case in table, f"no table row for {case}\n{output}"
-        assert table[case][-1] in {"PASS", "MISS", "INFO", "SKIP"}, output
-
-    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
-    assert set(rows) == set(WRITE_CASES)
-    measured = _importable(tmp_path, "save")
+    output, rows = _run_quick("bench_write.py", WRITE_CASES, tmp_path, "--repeat", 1,
+                              "--workdir", work, statuses=("PASS", "MISS", "INFO", "SKIP"))
+    measured = _importable(tmp_path, "import tfshard; tfshard.save")
     for case, row in rows.items():
         if case in WRITE_INFO_CASES:
             expected = {"INFO"} if measured else {"SKIP"}
@@ -114,18 +104,8 @@ def test_bench_write_quick(tmp_path):
 CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory")
 
 
-def _converter_importable(cwd):
-    """Whether ``tfshard.conversion.convert`` is usable, as bench_convert decides it."""
-    probe = subprocess.run([sys.executable, "-c", "import tfshard.conversion as c; c.convert"],
-                           cwd=cwd, capture_output=True, timeout=120)
-    return probe.returncode == 0
-
-
 def test_bench_convert_help():
-    proc = _run("bench_convert.py", "--help", timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for word in ("--quick", "--repeat", "--workdir", "--json", *CONVERT_CASES):
-        assert word in proc.stdout
+    _check_help("bench_convert.py", CONVERT_CASES)
 
 
 def test_bench_convert_quick(tmp_path):
@@ -133,23 +113,10 @@ def test_bench_convert_quick(tmp_path):
     pytest.importorskip("safetensors")
     if not Path("/proc/self/status").exists():
         pytest.skip("bench_convert measures memory through /proc")
-    results = tmp_path / "results.json"
     work = tmp_path / "work"
-    proc = _run("bench_convert.py", "--quick", "--repeat", 1, "--workdir", work,
-                "--json", results)
-    output = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0, output
-
-    lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["case", "tfshard"])
-    table = {line.split()[0]: line.split() for line in lines[header + 2:] if line.strip()}
-    for case in CONVERT_CASES:
-        assert case in table, f"no table row for {case}\n{output}"
-        assert table[case][-1] in {"PASS", "MISS", "SKIP"}, output
-
-    rows = {row["case"]: row for row in json.loads(results.read_text())["rows"]}
-    assert set(rows) == set(CONVERT_CASES)
-    measured = _converter_importable(tmp_path)
+    output, rows = _run_quick("bench_convert.py", CONVERT_CASES, tmp_path, "--repeat", 1,
+                              "--workdir", work)
+    measured = _importable(tmp_path, "import tfshard.conversion as c; c.convert")
     for case, row in rows.items():
         if measured:
             assert row["status"] in {"PASS", "MISS"}, f"{case}: {row}\n{output}"
