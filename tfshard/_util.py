@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import mmap
 import os
 
 
@@ -67,3 +68,27 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = False) -> None:
     except BaseException:
         remove_file(temp)
         raise
+
+
+def close_map(buffer) -> None:
+    """Close a read-only memory map unless arrays still view it (the map then goes
+    with the last of them).  Anything that is not a map is left alone."""
+    if isinstance(buffer, mmap.mmap):
+        try:
+            buffer.close()
+        except BufferError:
+            pass  # views still use it
+
+
+def drop_pages(buffer, start: int, end: int) -> None:
+    """Let the pages of a read-only map that hold bytes ``[start, end)`` leave this
+    process's memory (``MADV_DONTNEED``).  The data stays in the OS file cache and a
+    view reading it again faults it back in, so no value changes.  A no-op where the
+    buffer is no map, the range is empty, or the OS cannot do it."""
+    if not isinstance(buffer, mmap.mmap) or end <= start:
+        return
+    aligned = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start
+    try:
+        buffer.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
+    except (AttributeError, OSError, ValueError):
+        pass  # no madvise here, or the map is closed: the kernel reclaims pages when it must

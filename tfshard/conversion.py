@@ -164,21 +164,22 @@ def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, prog
         if cast.name not in _FLOATING:
             raise InvalidTensorError(f"--dtype casts floating tensors only, to one of "
                                      f"{sorted(_FLOATING)}; got {dtype!r}")
-    plan, total = [], 0
+    plan, stored_dtypes, sizes = [], [], []
     for source, name, out_name in jobs:
         stored, shape = source.info(name)
         plan.append((out_name, cast.name if cast and stored in _FLOATING else stored, shape))
-        total += source.nbytes(name)
-    bar = _Progress(total, "writing", progress)
+        stored_dtypes.append(stored)
+        sizes.append(source.nbytes(name))
+    bar = _Progress(sum(sizes), "writing", progress)
     try:
         with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
                          overwrite=overwrite) as sink:
-            for (source, name, out_name), (_, out_dtype, _) in zip(jobs, plan):
+            for (source, name, out_name), (_, out_dtype, _), stored, nbytes in zip(
+                    jobs, plan, stored_dtypes, sizes):
                 array = source.read(name)
-                if cast is not None and out_dtype != source.info(name)[0]:
+                if out_dtype != stored:
                     array = array.astype(cast.numpy)
                 sink.add(out_name, array, out_dtype)
-                nbytes = source.nbytes(name)
                 report.tensors += 1
                 report.nbytes += nbytes
                 report.mapping[name] = out_name

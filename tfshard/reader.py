@@ -25,7 +25,7 @@ from .errors import (
     TensorNotFoundError,
     UnsupportedError,
 )
-from ._util import gc_paused
+from ._util import close_map, drop_pages, gc_paused
 from .paths import data_filename, index_filename, resolve_prefix
 from .slices import bounds_spec, find_overlap, intersect, prod, spec
 
@@ -519,14 +519,8 @@ class Checkpoint(Mapping):
             parts = [e]
         for part in parts:
             shard = self._shards.get(part.shard_id)
-            if shard is None or not isinstance(shard.buffer, mmap.mmap) or not part.size:
-                continue
-            start = part.offset - part.offset % mmap.PAGESIZE
-            end = min(part.offset + part.size, shard.size)
-            try:
-                shard.buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
-            except (AttributeError, OSError, ValueError):
-                return  # no madvise here (or the map is closed): nothing to gain
+            if shard is not None:
+                drop_pages(shard.buffer, part.offset, min(part.offset + part.size, shard.size))
 
     def verify_all(self) -> list:
         """Check every tensor's checksum, and that no two tensors share bytes of a
@@ -582,11 +576,7 @@ class Checkpoint(Mapping):
             self._closed = True
             shards, self._shards = self._shards, {}
         for shard in shards.values():
-            if isinstance(shard.buffer, mmap.mmap):
-                try:
-                    shard.buffer.close()
-                except BufferError:
-                    pass  # views still use it; the map goes when they do
+            close_map(shard.buffer)
             shard.file.close()
 
     def __enter__(self):

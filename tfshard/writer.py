@@ -184,7 +184,7 @@ class CheckpointWriter:
         self._check_open()
         t = self._prepare(name, array, dtype)
         self._claim(t[KEY], name)
-        self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
+        self._write(t)
 
     def add_slice(self, name: str, full_shape, slice_spec, array, *,
                   dtype: str | None = None) -> None:
@@ -220,7 +220,7 @@ class CheckpointWriter:
                     f"slice {spec(extents)} covers all of {name!r} {list(full_shape)}, but the "
                     f"array's shape is {list(t[SHAPE])}", key=name)
             self._claim(t[KEY], name)
-            self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
+            self._write(t)
             return
         key = self._key(name)
         t = self._prepare(name, array, dtype)
@@ -245,8 +245,7 @@ class CheckpointWriter:
                                      key=name)
         self._partitioned[key] = full
         full.slices.append(extents)
-        self._shard_for(t[NBYTES]).append((slice_key,) + t[1:], self._entries,
-                                          self._crc_pool())
+        self._write((slice_key,) + t[1:])
 
     def add_all(self, tensors) -> None:
         """Add many tensors: a mapping or an iterable of ``(name, array)`` pairs.
@@ -413,6 +412,10 @@ class CheckpointWriter:
         return key, name, dt, shape, arr, arr.nbytes, None
 
     # ---- shards ------------------------------------------------------------
+
+    def _write(self, t: tuple):
+        """Append one prepared tensor to the shard it belongs in; record its entry."""
+        self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
 
     def _crc_pool(self):
         """A one-thread executor that checksums large tensors while they are

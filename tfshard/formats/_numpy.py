@@ -18,7 +18,7 @@ import struct
 import unicodedata
 import zipfile
 
-from .._util import remove_file, temp_name
+from .._util import close_map, remove_file, temp_name
 from ..errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -164,7 +164,19 @@ def _zip_errors(path: str, doing: str, name=None, where=None):
                                      path=path, key=name) from None
 
 
-class _NpzSource(Source):
+class _NpyFilesSource(Source):
+    """Sources whose tensors are ``.npy`` records: dtype, shape and size come from
+    each record's parsed header (``self._header(name)``)."""
+
+    def _info(self, name):
+        h = self._header(name)
+        return h.tf_name, h.shape
+
+    def _nbytes(self, name):
+        return self._header(name).nbytes
+
+
+class _NpzSource(_NpyFilesSource):
     """An ``.npz`` archive.  Stored members (``numpy.savez``, tfshard) are zero-copy
     views of a map of the archive; compressed ones are decompressed on read."""
 
@@ -234,13 +246,6 @@ class _NpzSource(Source):
             self._headers[name] = h
         return h
 
-    def _info(self, name):
-        h = self._header(name)
-        return h.tf_name, h.shape
-
-    def _nbytes(self, name):
-        return self._header(name).nbytes
-
     def _read(self, name):
         h = self._header(name)
         zi = self._members[name]
@@ -261,15 +266,11 @@ class _NpzSource(Source):
     def _close(self):
         if self._zip is not None:
             self._zip.close()
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # views still use it; the map goes when they do
+        close_map(self._map)
         self._file.close()
 
 
-class _NpySource(Source):
+class _NpySource(_NpyFilesSource):
     """A directory of ``.npy`` files with ``names.json`` (``{file: tensor name}``),
     as the npy sink writes it.  Files are mapped on read."""
 
@@ -317,13 +318,6 @@ class _NpySource(Source):
     def _header(self, name):
         h = self._headers.get(name)
         return h if h is not None else self._open(name)[1]
-
-    def _info(self, name):
-        h = self._header(name)
-        return h.tf_name, h.shape
-
-    def _nbytes(self, name):
-        return self._header(name).nbytes
 
     def _read(self, name):
         buffer, h = self._open(name)

@@ -14,7 +14,7 @@ import re
 import sys
 
 from .. import dtypes
-from .._util import atomic_write, remove_file, temp_name
+from .._util import atomic_write, close_map, drop_pages, remove_file, temp_name
 from ..errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -81,11 +81,7 @@ class _STFile:
             self.buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def close(self):
-        if isinstance(self.buffer, mmap.mmap):
-            try:
-                self.buffer.close()
-            except BufferError:
-                pass  # views still use it; the map goes when they do
+        close_map(self.buffer)
 
 
 def _no_duplicate_keys(pairs):
@@ -245,14 +241,8 @@ class _SafetensorsSource(Source):
 
     def _release(self, name):
         e = self._entries.get(name)
-        if e is not None and isinstance(e.file.buffer, mmap.mmap) and e.end > e.begin:
-            start = e.file.data_start + e.begin
-            aligned = start - start % mmap.PAGESIZE
-            try:
-                e.file.buffer.madvise(mmap.MADV_DONTNEED, aligned,
-                                      e.file.data_start + e.end - aligned)
-            except (AttributeError, OSError, ValueError):
-                pass  # no madvise here: the kernel reclaims the pages when it must
+        if e is not None:
+            drop_pages(e.file.buffer, e.file.data_start + e.begin, e.file.data_start + e.end)
 
     def _entry(self, name) -> _STEntry:
         e = self._entries.get(name) if isinstance(name, str) else None
