@@ -24,7 +24,8 @@ extensions = [
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
     )
-    for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]))
+    for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]),
+                                 ("_v1", ["csrc/tfs_v1.c"]))
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

@@ -240,15 +240,10 @@ int tfs_block_iter_next(tfs_block_iter *it, uint32_t *shared, const uint8_t **de
 
 /* ---- protobuf wire format ---------------------------------------------- */
 
-typedef struct {
-    uint32_t field;
-    uint32_t wire;
-    uint64_t varint;       /* wire 0 value, or fixed32/fixed64 value */
-    const uint8_t *data;   /* wire 2 payload */
-    size_t len;            /* wire 2 length */
-} pb_field;
+typedef tfs_pb_field pb_field;
 
-enum { PB_VARINT = 0, PB_FIXED64 = 1, PB_LEN = 2, PB_FIXED32 = 5 };
+enum { PB_VARINT = TFS_PB_VARINT, PB_FIXED64 = TFS_PB_FIXED64, PB_LEN = TFS_PB_LEN,
+       PB_FIXED32 = TFS_PB_FIXED32 };
 
 static inline int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
 {
@@ -291,6 +286,11 @@ static inline int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
     return TFS_OK;
 }
 
+int tfs_pb_next(const uint8_t **p, const uint8_t *end, tfs_pb_field *f)
+{
+    return pb_next(p, end, f);
+}
+
 /* A known field with the wrong wire type makes the message malformed. */
 #define PB_EXPECT(f, w) \
     do { if ((f).wire != (w)) return TFS_ERR_PROTO; } while (0)
@@ -328,6 +328,11 @@ static int parse_version(const uint8_t *p, size_t n, tfs_header *h)
         }
     }
     return TFS_OK;
+}
+
+int tfs_parse_version(const uint8_t *p, size_t n, tfs_header *h)
+{
+    return parse_version(p, n, h);
 }
 
 int tfs_parse_header(const uint8_t *p, size_t n, tfs_header *h)
@@ -492,6 +497,36 @@ static int parse_slice(const uint8_t *p, size_t n, int32_t *rank, int64_t *start
     return TFS_OK;
 }
 
+int tfs_parse_shape(const uint8_t *p, size_t n, int32_t *rank, int64_t *dims,
+                    int64_t *num_elements)
+{
+    tfs_entry e;
+    int32_t i;
+    int st;
+    memset(&e, 0, sizeof(e));
+    st = parse_shape(p, n, &e, dims);
+    *rank = e.rank;
+    if (st != TFS_OK)
+        return st;
+    if (e.rank > TFS_MAX_RANK)
+        return TFS_ERR_SHAPE;
+    *num_elements = 1;
+    for (i = 0; i < e.rank; i++) {
+        if (dims[i] < 0)
+            return TFS_ERR_SHAPE;
+        if (dims[i] > 0 && *num_elements > INT64_MAX / dims[i])
+            return TFS_ERR_SHAPE;
+        *num_elements *= dims[i];
+    }
+    return TFS_OK;
+}
+
+int tfs_parse_slice(const uint8_t *p, size_t n, int32_t *rank, int64_t *starts,
+                    int64_t *lengths)
+{
+    return parse_slice(p, n, rank, starts, lengths);
+}
+
 int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
                           int64_t *starts, int64_t *lengths)
 {
@@ -564,7 +599,7 @@ int tfs_slice_key_encode(const uint8_t *name, size_t name_len, int32_t rank,
                          uint8_t *out, size_t cap, size_t *out_len)
 {
     size_t i, o = 0;
-    if (rank < 1 || rank > TFS_MAX_RANK)
+    if (rank < 0 || rank > TFS_MAX_RANK)
         return TFS_ERR_SHAPE;
     if (cap < tfs_slice_key_bound(name_len, rank))
         return TFS_ERR_BUFFER;

@@ -73,6 +73,32 @@ int tfs_block_iter_init(tfs_block_iter *it, const uint8_t *block, size_t size);
 int tfs_block_iter_next(tfs_block_iter *it, uint32_t *shared, const uint8_t **delta,
                         uint32_t *delta_len, const uint8_t **value, uint32_t *value_len);
 
+/* ---- protobuf wire format ----------------------------------------------- */
+typedef struct {
+    uint32_t field;
+    uint32_t wire;
+    uint64_t varint;       /* wire 0 value, or fixed32/fixed64 value */
+    const uint8_t *data;   /* wire 2 payload */
+    size_t len;            /* wire 2 length */
+} tfs_pb_field;
+
+enum { TFS_PB_VARINT = 0, TFS_PB_FIXED64 = 1, TFS_PB_LEN = 2, TFS_PB_FIXED32 = 5 };
+
+/* Decode the next field of a message; *p advances past it.  TFS_ERR_PROTO if malformed. */
+int tfs_pb_next(const uint8_t **p, const uint8_t *end, tfs_pb_field *f);
+
+/*
+ * Parse a TensorShapeProto: dims holds TFS_MAX_RANK values.  TFS_ERR_SHAPE for
+ * rank > TFS_MAX_RANK, a negative dimension or an element count above INT64_MAX
+ * (*rank is still set, for the error message).
+ */
+int tfs_parse_shape(const uint8_t *p, size_t n, int32_t *rank, int64_t *dims,
+                    int64_t *num_elements);
+
+/* Parse a TensorSliceProto (whole-dimension extents: start 0, length -1). */
+int tfs_parse_slice(const uint8_t *p, size_t n, int32_t *rank, int64_t *starts,
+                    int64_t *lengths);
+
 /* ---- bundle protos ------------------------------------------------------ */
 typedef struct {
     int64_t num_shards;
@@ -83,6 +109,8 @@ typedef struct {
 } tfs_header;
 
 int tfs_parse_header(const uint8_t *p, size_t n, tfs_header *h);
+/* Parse a VersionDef into h's producer, min_consumer and bad_consumer_1 (the rest untouched). */
+int tfs_parse_version(const uint8_t *p, size_t n, tfs_header *h);
 
 typedef struct {
     int64_t dtype;

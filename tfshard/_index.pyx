@@ -441,6 +441,20 @@ cdef class IndexTable:
         finally:
             free(c.key)
 
+    def value(self, Py_ssize_t handle):
+        """Value bytes of the entry at ``handle``: a read-only memoryview into the
+        table's block (no copy), valid while this table lives."""
+        cdef Cursor c
+        cdef size_t off
+        c.key = NULL
+        c.key_cap = 0
+        try:
+            self._at(handle, &c)
+            off = c.value - self.blocks[c.blk].data
+            return memoryview(self._owners[c.blk])[off:off + c.value_len]
+        finally:
+            free(c.key)
+
     def handles(self):
         """Handles of all tensor entries (slice entries included), in key order."""
         cdef Cursor c
@@ -617,15 +631,16 @@ def slice_key(bytes name, extents):
     """The index key of one stored slice of tensor ``name``.
 
     ``extents`` holds one ``(start, length)`` per dimension (length -1:
-    whole dimension).
+    whole dimension); none for a scalar (V1 checkpoints store scalars
+    under such a key).
     """
     cdef int32_t rank = len(extents)
     cdef int64_t starts[TFS_MAX_RANK]
     cdef int64_t lengths[TFS_MAX_RANK]
     cdef size_t cap, n
     cdef uint8_t *out
-    if rank < 1 or rank > TFS_MAX_RANK:
-        raise ValueError(f"a slice needs 1 to {TFS_MAX_RANK} extents, got {rank}")
+    if rank > TFS_MAX_RANK:
+        raise ValueError(f"a slice has at most {TFS_MAX_RANK} extents, got {rank}")
     for d in range(rank):
         starts[d], lengths[d] = extents[d]
     cap = tfs_slice_key_bound(len(name), rank)

@@ -3,6 +3,11 @@
 A checkpoint is a prefix ``P``: ``P.index`` plus ``P.data-SSSSS-of-NNNNN``.
 Users pass the prefix, the ``.index`` file, a data shard, or a directory;
 :func:`resolve_prefix` turns any of these into the prefix.
+
+Legacy V1 checkpoints are single SSTable files: the prefix ``P`` is the file
+itself, or, for a sharded save, ``P-SSSSS-of-NNNNN`` (TF names those by the
+pattern ``P-?????-of-NNNNN``).  As in TF, ``P`` is V2 whenever ``P.index``
+exists.
 """
 
 from __future__ import annotations
@@ -14,10 +19,102 @@ import re
 from . import state
 from .errors import CheckpointNotFoundError
 
-__all__ = ["index_filename", "data_filename", "resolve_prefix", "latest_checkpoint"]
+__all__ = ["index_filename", "data_filename", "resolve_prefix", "latest_checkpoint",
+           "checkpoint_version", "v1_files"]
 
 _DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 _INDEX_SUFFIX = ".index"
+# V1 shard files and the pattern TF's V1 saver records for them.
+_V1_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
+_V1_PATTERN_RE = re.compile(r"^(?P<prefix>.*)-\?{5}-of-(?P<count>\d{5})$")
+# Last 8 bytes of every SSTable (the footer magic, little-endian).
+_SSTABLE_MAGIC = bytes.fromhex("57fb808b247547db")
+
+
+def _is_sstable(path: str) -> bool:
+    """Whether ``path`` is a file that ends like an SSTable (V1 checkpoint files do)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 48:
+                return False
+            f.seek(size - 8)
+            return f.read(8) == _SSTABLE_MAGIC
+    except OSError:
+        return False
+
+
+def v1_files(prefix: str) -> list[str] | None:
+    """Files of the V1 checkpoint ``prefix``, or None if there is none.
+
+    ``[prefix]`` when ``prefix`` is itself an SSTable file (and ``prefix.index``
+    does not exist); otherwise every ``prefix-SSSSS-of-NNNNN`` shard.  A
+    pattern ``P-?????-of-NNNNN`` (as TF records sharded V1 saves) gives the
+    shards of ``P`` with that count.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        If some shards exist but the set is incomplete or mixes shard counts.
+    """
+    if os.path.isfile(index_filename(prefix)):
+        return None
+    if _is_sstable(prefix):
+        return [prefix]
+    base, only = prefix, None
+    pattern = _V1_PATTERN_RE.match(prefix)
+    if pattern:
+        base, only = pattern["prefix"], int(pattern["count"])
+    found = {}
+    for path in glob.glob(glob.escape(base) + "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9]*"):
+        match = _V1_SHARD_RE.match(path)
+        if match and match["prefix"] == base and os.path.isfile(path) and \
+                only in (None, int(match["count"])):
+            found.setdefault(int(match["count"]), []).append(path)
+    if not found:
+        return None
+    if len(found) > 1:
+        raise CheckpointNotFoundError(
+            f"V1 checkpoint {prefix!r} has shard files of several saves (shard counts "
+            f"{sorted(found)}); pass one pattern such as {prefix}-?????-of-"
+            f"{max(found):05d}", path=prefix)
+    (count, _), = found.items()
+    expected = [f"{base}-{i:05d}-of-{count:05d}" for i in range(count)]
+    missing = [p for p in expected if not os.path.isfile(p)]
+    if missing:
+        raise CheckpointNotFoundError(
+            f"V1 checkpoint {prefix!r} has {count - len(missing)} of its {count} shard files; "
+            f"missing {', '.join(os.path.basename(p) for p in missing[:5])}",
+            path=missing[0])
+    return expected
+
+
+def _v1_prefix(path: str) -> str | None:
+    """The V1 prefix ``path`` names, or None: the file itself; for one shard
+    file, the prefix of the shards (or their pattern, when shards of other saves
+    lie beside them); a pattern as given; a prefix whose shards exist."""
+    if _V1_PATTERN_RE.match(path):
+        return path if v1_files(path) else None
+    match = _V1_SHARD_RE.match(path)
+    if match and _is_sstable(path) and not os.path.isfile(index_filename(path)):
+        try:
+            if v1_files(match["prefix"]):
+                return match["prefix"]
+        except CheckpointNotFoundError:
+            pass  # shards of several saves: name this one's set by its pattern
+        pattern = f"{match['prefix']}-?????-of-{match['count']}"
+        if v1_files(pattern):
+            return pattern
+    if v1_files(path):
+        return path
+    return None
+
+
+def checkpoint_version(prefix: str) -> int | None:
+    """2 if ``prefix.index`` exists, 1 if ``prefix`` is a V1 checkpoint, else None."""
+    if os.path.isfile(index_filename(prefix)):
+        return 2
+    return 1 if v1_files(prefix) else None
 
 
 def index_filename(prefix: str) -> str:
@@ -34,8 +131,9 @@ def latest_checkpoint(directory) -> str | None:
     """Prefix of the latest checkpoint named by ``directory/checkpoint``.
 
     Mirrors ``tf.train.latest_checkpoint``: the prefix is returned only if its
-    ``.index`` file exists (relative paths in the state file are taken
-    relative to ``directory``).
+    ``.index`` file exists, or it names a V1 checkpoint (a file, or the
+    ``P-?????-of-NNNNN`` pattern of its shards, returned as written); relative
+    paths in the state file are taken relative to ``directory``.
 
     Parameters
     ----------
@@ -58,7 +156,7 @@ def latest_checkpoint(directory) -> str | None:
     if st is None:
         return None
     prefix = st.model_checkpoint_path
-    if os.path.isfile(index_filename(prefix)):
+    if os.path.isfile(index_filename(prefix)) or _v1_prefix(prefix) is not None:
         return prefix
     return None
 
@@ -78,6 +176,9 @@ def _prefix_in_directory(directory: str) -> str:
         prefix = st.model_checkpoint_path
         if os.path.isfile(index_filename(prefix)):
             return prefix
+        v1 = _v1_prefix(prefix)
+        if v1 is not None:
+            return v1
         raise CheckpointNotFoundError(
             f"the state file {os.path.join(directory, state.STATE_FILENAME)} names the "
             f"checkpoint {prefix!r}, but {index_filename(prefix)} does not exist",
@@ -106,6 +207,9 @@ def _prefix_in_directory(directory: str) -> str:
 def resolve_prefix(path) -> str:
     """Turn a prefix, ``.index`` file, data shard or directory into a prefix.
 
+    V1 checkpoints resolve too: a V1 file is its own prefix; one of its shard
+    files ``P-SSSSS-of-NNNNN`` or the pattern ``P-?????-of-NNNNN`` gives ``P``.
+
     Raises
     ------
     CheckpointNotFoundError
@@ -124,6 +228,9 @@ def resolve_prefix(path) -> str:
         return match["prefix"]
     if os.path.isfile(index_filename(path)):
         return path
+    v1 = _v1_prefix(path)
+    if v1 is not None:
+        return v1
     message = f"no checkpoint at {path!r}: {index_filename(path)} does not exist"
     near = _index_files_near(path)
     if near:

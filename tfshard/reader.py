@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedError,
 )
 from ._util import close_map, drop_pages, gc_paused
-from .paths import data_filename, index_filename, resolve_prefix
+from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import bounds_spec, find_overlap, intersect, prod, spec
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
@@ -123,6 +123,9 @@ def _normalize_rows(index, dim0: int):
 class Checkpoint(Mapping):
     """A TensorFlow V2 checkpoint opened for reading.
 
+    ``Checkpoint(path)`` on a legacy V1 checkpoint returns a
+    :class:`tfshard.reader_v1.V1Checkpoint`, a subclass with the same API.
+
     A read-only ``Mapping[str, numpy.ndarray]``: keys are the tensor names
     ``tf.train.list_variables`` reports; values are numpy arrays with TF's
     dtype and shape.  Use :func:`tfshard.open` to create one.
@@ -140,6 +143,16 @@ class Checkpoint(Mapping):
     does not check the CRC unless asked to with ``verify=True``, which checks
     the whole tensor once.
     """
+
+    def __new__(cls, path=None, *args, **kwargs):
+        # A legacy V1 checkpoint opens as a V1Checkpoint, so every caller of
+        # Checkpoint(path) reads both formats.
+        if cls is Checkpoint and path is not None and \
+                checkpoint_version(resolve_prefix(path)) == 1:
+            from .reader_v1 import V1Checkpoint
+
+            return super().__new__(V1Checkpoint)
+        return super().__new__(cls)
 
     def __init__(self, path, *, verify: bool = True):
         self.prefix = resolve_prefix(path)
@@ -159,17 +172,7 @@ class Checkpoint(Mapping):
 
     def _check_header(self, h):
         path = self.index_path
-        if h["producer"] < _MIN_PRODUCER:
-            raise IncompatibleVersionError(
-                f"{path}: checkpoint producer version {h['producer']} is below the minimum "
-                f"{_MIN_PRODUCER} this reader supports", path=path)
-        if h["min_consumer"] > _CONSUMER_VERSION:
-            raise IncompatibleVersionError(
-                f"{path}: checkpoint needs a reader of version {h['min_consumer']} or newer; "
-                f"tfshard implements version {_CONSUMER_VERSION}", path=path)
-        if h["bad_consumer_1"]:
-            raise IncompatibleVersionError(
-                f"{path}: checkpoint disallows readers of version {_CONSUMER_VERSION}", path=path)
+        _check_versions(path, h)
         if h["num_shards"] < 1:
             raise CorruptCheckpointError(
                 f"{path}: the bundle header says {h['num_shards']} data shards; expected at "
@@ -558,6 +561,10 @@ class Checkpoint(Mapping):
                 reach = (shard_b, end_b, hb)
         return bad
 
+    def _shapes(self) -> list:
+        """``[(name, [dims...]), ...]`` in key order (the fast path of list_variables)."""
+        return self._table.shapes()
+
     def _display_name(self, handle: int) -> str:
         """The tensor name of an index entry (a slice entry: ``name[spec]``)."""
         key = self._table.key(handle)
@@ -592,6 +599,22 @@ class Checkpoint(Mapping):
             pass
 
 
+def _check_versions(path, v) -> None:
+    """Refuse a checkpoint whose VersionDef (producer, min_consumer, bad_consumer_1)
+    excludes this reader; V1 and V2 checkpoints share the version numbers."""
+    if v["producer"] < _MIN_PRODUCER:
+        raise IncompatibleVersionError(
+            f"{path}: checkpoint producer version {v['producer']} is below the minimum "
+            f"{_MIN_PRODUCER} this reader supports", path=path)
+    if v["min_consumer"] > _CONSUMER_VERSION:
+        raise IncompatibleVersionError(
+            f"{path}: checkpoint needs a reader of version {v['min_consumer']} or newer; "
+            f"tfshard implements version {_CONSUMER_VERSION}", path=path)
+    if v["bad_consumer_1"]:
+        raise IncompatibleVersionError(
+            f"{path}: checkpoint disallows readers of version {_CONSUMER_VERSION}", path=path)
+
+
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
@@ -613,6 +636,8 @@ def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors built
     Returns
     -------
     Checkpoint
+        A :class:`~tfshard.reader_v1.V1Checkpoint` (same API) for a legacy V1
+        checkpoint: a single file, or ``P-SSSSS-of-NNNNN`` shards.
 
     Raises
     ------
@@ -639,7 +664,7 @@ def load(path, verify: bool = True) -> dict:
 def list_variables(path) -> list:
     """``[(name, shape), ...]`` sorted by name, as ``tf.train.list_variables``."""
     with Checkpoint(path) as ckpt, gc_paused():
-        return ckpt._table.shapes()
+        return ckpt._shapes()
 
 
 def load_variable(path, name: str, verify: bool = True) -> np.ndarray:
