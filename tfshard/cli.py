@@ -134,11 +134,16 @@ class _Info:
         self.name, self.dtype, self.shape, self.nbytes = name, dtype, shape, nbytes
 
 
-def _ls_infos(path):
-    """(infos, prefix or path, number of shards or None, format) of the model at ``path``."""
+def _ls_infos(path, object_graph: bool = False):
+    """(infos, prefix or path, number of shards or None, format) of the model at ``path``;
+    with ``object_graph``, a fifth item: the serialized TF2 object graph, or None when
+    the model has none."""
     try:
         with tfshard.open(path, verify=False) as ckpt:
-            return ckpt.infos(), ckpt.prefix, ckpt.num_shards, "tf"
+            found = ckpt.infos(), ckpt.prefix, ckpt.num_shards, "tf"
+            if object_graph:
+                found += (_object_graph_bytes(ckpt),)
+            return found
     except tfshard.CheckpointNotFoundError:
         if not os.path.exists(path):
             raise
@@ -147,10 +152,26 @@ def _ls_infos(path):
 
     with open_source(path) as source:
         infos = [_Info(name, *source.info(name), source.nbytes(name)) for name in source.names()]
-        return infos, source.path, None, source.format
+        found = infos, source.path, None, source.format
+        return found + (None,) if object_graph else found
+
+
+def _object_graph_bytes(ckpt):
+    """The serialized object graph of a TF checkpoint, or None (TF1, tfshard-written)."""
+    from tfshard.objectgraph import OBJECT_GRAPH_KEY
+
+    if OBJECT_GRAPH_KEY not in ckpt:
+        return None
+    info = ckpt.info(OBJECT_GRAPH_KEY)
+    if info.dtype != "string" or tuple(info.shape) != ():
+        return None
+    value = ckpt.read(OBJECT_GRAPH_KEY, verify=True)[()]
+    return value if isinstance(value, bytes) else None
 
 
 def _cmd_ls(args) -> int:
+    if args.tree:
+        return _ls_tree(args)
     infos, prefix, num_shards, fmt = _ls_infos(args.path)
     if args.patterns:
         infos = [i for i in infos if any(fnmatch.fnmatchcase(i.name, p) for p in args.patterns)]
@@ -183,6 +204,284 @@ def _cmd_ls(args) -> int:
     lines.append(f"{len(infos)} tensors, {_human_bytes(total)} in {where}: {prefix}")
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
+
+# ---- ls --tree ----------------------------------------------------------------------
+
+# Deeper trees are refused: real ones are a few dozen levels deep, and the text
+# indentation of a hostile chain of objects would grow with the square of its depth.
+_MAX_TREE_DEPTH = 256
+
+
+def _matches(patterns, *names) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(n, p) for n in names if n for p in patterns)
+
+
+def _value(info, key: str) -> dict:
+    """The fields of a tree entry that shows the tensor ``key`` (``info`` None: the
+    object graph names a key the checkpoint lacks)."""
+    if info is None:
+        return {"key": key, "dtype": None, "shape": None, "nbytes": None, "missing": True}
+    return {"key": key, "dtype": info.dtype, "shape": list(info.shape), "nbytes": info.nbytes}
+
+
+def _scope_tree(infos, patterns) -> tuple:
+    """(root entry, tensors shown) of the name-scope tree: names split on '/'."""
+    root = {"name": "", "path": "", "children": []}
+    index = {"": root}
+    shown = []
+    for info in sorted(infos, key=lambda i: i.name):
+        if not _matches(patterns, info.name):
+            continue
+        shown.append(info)
+        parent, path = root, ""
+        parts = info.name.split("/")
+        for depth, part in enumerate(parts):
+            path = f"{path}/{part}" if depth else part
+            entry = index.get(path)
+            if entry is None:
+                entry = index[path] = {"name": part, "path": path, "children": []}
+                parent["children"].append(entry)
+            parent = entry
+        parent.update(_value(info, info.name))
+    return root, shown
+
+
+def _object_tree(graph, by_key: dict, patterns) -> tuple:
+    """(root entry, tensors shown, keys shown) of the object tree of a TF2 checkpoint.
+
+    Each object appears once, where its object path puts it; a child edge to an
+    object already shown elsewhere (Keras 3 models reach their weights through the
+    optimizer's lists, a model holds its optimizer...) is a reference entry
+    ``{"name", "path": the path through that edge, "ref": the path it is shown at}``,
+    kept only when that object holds a tensor shown.
+    Legacy slot variables appear under their variable as ``.OPTIMIZER_SLOT/<optimizer
+    path>/<slot>``, as their object paths say."""
+    from tfshard.objectgraph import escape_local_name
+
+    nodes, paths, parents = graph.nodes, graph.paths(), graph.parents()
+    keys = graph.keys()
+    n = len(nodes)
+    # The tree edges (those that name an object's path) and the references.
+    tree_kids = [[] for _ in range(n)]
+    refs = [[] for _ in range(n)]
+    claimed = [False] * n
+    claimed[0] = True
+    for node in nodes:
+        for name, child in node.children:
+            if not claimed[child] and parents[child] == (node.id, name):
+                claimed[child] = True
+                tree_kids[node.id].append((name, child))
+            else:
+                refs[node.id].append((name, child))
+    for child, parent in enumerate(parents):
+        if parent is not None and not claimed[child]:  # slot variables: parent is the variable
+            claimed[child] = True
+            tree_kids[parent[0]].append((parent[1], child))
+    # Pre-order from the root, with depth; the tree edges form a tree, so this ends.
+    order, depth = [], [0] * n
+    stack = [0]
+    while stack:
+        node_id = stack.pop()
+        order.append(node_id)
+        if depth[node_id] > _MAX_TREE_DEPTH:
+            raise tfshard.UnsupportedError(
+                f"the object tree is more than {_MAX_TREE_DEPTH} levels deep; "
+                f"'tfshard ls --tree' shows at most {_MAX_TREE_DEPTH}")
+        for _, child in reversed(tree_kids[node_id]):
+            depth[child] = depth[node_id] + 1
+            stack.append(child)
+    shown_attrs = [[] for _ in range(n)]  # (attribute, key) to show of each node
+    for node_id in order:
+        for attribute in nodes[node_id].attributes:
+            key = attribute.checkpoint_key
+            if _matches(patterns, key, paths[node_id]) and keys[key].node_id == node_id:
+                shown_attrs[node_id].append(attribute)
+    valued = [bool(a) for a in shown_attrs]
+    for node_id in reversed(order):
+        if valued[node_id]:
+            parent = parents[node_id]
+            if parent is not None:
+                valued[parent[0]] = True
+    visible = list(valued)
+    for node_id in reversed(order):
+        if any(valued[child] for _, child in refs[node_id]):
+            visible[node_id] = True
+        if visible[node_id] and parents[node_id] is not None:
+            visible[parents[node_id][0]] = True
+
+    entries = {}
+    infos_shown, keys_shown = [], set()
+    for node_id in order:
+        if not visible[node_id]:
+            continue
+        entry = {"name": "" if node_id == 0 else parents[node_id][1],
+                 "path": paths[node_id], "node_id": node_id, "children": []}
+        entries[node_id] = entry
+        if node_id:
+            entries[parents[node_id][0]]["children"].append(entry)
+        attrs = shown_attrs[node_id]
+        targets = [entry]
+        if len(attrs) != 1 or attrs[0].name != "VARIABLE_VALUE":
+            targets = []
+            for attribute in attrs:
+                prefix = f"{paths[node_id]}/" if paths[node_id] else ""
+                key = attribute.checkpoint_key
+                label = key[len(prefix):] if key.startswith(prefix) else attribute.name
+                child = {"name": label, "path": paths[node_id], "node_id": node_id}
+                entry["children"].append(child)
+                targets.append(child)
+        for attribute, target in zip(attrs, targets):
+            key = attribute.checkpoint_key
+            info = by_key.get(key)
+            target.update(_value(info, key))
+            target["attribute"] = attribute.name
+            target["full_name"] = attribute.full_name
+            keys_shown.add(key)
+            if info is not None:
+                infos_shown.append(info)
+            found = keys[key]
+            if found.slots:
+                target["slots"] = [
+                    {"slot": link.slot_name, "optimizer": paths[link.optimizer_node_id],
+                     "path": paths[link.slot_node_id], "kind": link.kind,
+                     "key": next((a.checkpoint_key for a in nodes[link.slot_node_id].attributes),
+                                 None)}
+                    for link in found.slots]
+            if found.slot is not None:
+                link = found.slot
+                target["slot_of"] = {"slot": link.slot_name,
+                                     "variable": paths[link.variable_node_id],
+                                     "optimizer": paths[link.optimizer_node_id],
+                                     "kind": link.kind}
+        for name, child in refs[node_id]:
+            if valued[child]:
+                here = escape_local_name(name)
+                entry["children"].append({
+                    "name": name, "path": f"{paths[node_id]}/{here}" if node_id else here,
+                    "node_id": child, "ref": paths[child]})
+    for node_id, entry in entries.items():
+        _saved_order(entry["children"], nodes[node_id])
+    root = entries.get(0, {"name": "", "path": "", "node_id": 0, "children": []})
+    return root, infos_shown, keys_shown
+
+
+def _saved_order(entries: list, node) -> None:
+    """Sort the entries under ``node`` as its children were saved (tree edges and
+    references interleaved): its own attributes first, slot variables last."""
+    position = {}
+    for i, edge in enumerate(node.children):
+        position.setdefault(edge, i)
+
+    def rank(entry):
+        if entry["node_id"] == node.id and "ref" not in entry:
+            return -1
+        return position.get((entry["name"], entry["node_id"]), len(position))
+
+    entries.sort(key=rank)
+
+
+def _tree_lines(root, show_keys: bool) -> list:
+    """The text lines of a tree of entries, drawn like ``tree`` draws directories,
+    with the dtype, shape and size of tensors in aligned columns."""
+    try:
+        "├└│".encode(sys.stdout.encoding or "ascii")
+        tee, last, bar, blank = "├── ", "└── ", "│   ", "    "
+    except (UnicodeEncodeError, LookupError):
+        tee, last, bar, blank = "|-- ", "`-- ", "|   ", "    "
+    rows = []  # (indent + name, columns or None)
+    kids = root["children"]
+    stack = [(child, "", i == len(kids) - 1) for i, child in enumerate(kids)][::-1]
+    while stack:
+        entry, indent, is_last = stack.pop()
+        head = indent + (last if is_last else tee) + entry["name"]
+        if "ref" in entry:
+            head += f" -> {entry['ref'] or '(root)'}"
+        rows.append((head, _columns(entry, show_keys) if "key" in entry else None))
+        kids = entry.get("children") or []
+        below = indent + (blank if is_last else bar)
+        stack.extend(reversed([(child, below, i == len(kids) - 1)
+                               for i, child in enumerate(kids)]))
+    valued = [cols for _, cols in rows if cols]
+    widths = [min(60, max([len(h) for h, cols in rows if cols] or [0]))]
+    widths += [max([len(cols[i]) for cols in valued] or [0]) for i in range(3)]
+    lines = []
+    for head, cols in rows:
+        if cols is None:
+            lines.append(head)
+        else:
+            cells = [head] + cols
+            lines.append("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths))
+                         + "  " + "  ".join(cells[4:]))
+    return [line.rstrip() for line in lines]
+
+
+def _columns(entry, show_keys: bool) -> list:
+    """dtype, shape, size, then notes, of a tensor's line in the tree."""
+    if entry.get("missing"):
+        cols = ["-", "-", "-", "(missing from the checkpoint)"]
+    else:
+        cols = [entry["dtype"], _shape(entry["shape"]), _human_bytes(entry["nbytes"])]
+    slots = entry.get("slots")
+    if slots:
+        by_optimizer = {}
+        for slot in slots:
+            by_optimizer.setdefault(slot["optimizer"], []).append(slot["slot"])
+        cols.append("(slots: " + "; ".join(f"{', '.join(names)} from {opt}"
+                                           for opt, names in by_optimizer.items()) + ")")
+    slot_of = entry.get("slot_of")
+    if slot_of and slot_of["kind"] != "reference":  # a reference slot sits under its variable
+        cols.append(f"({slot_of['slot']} slot of {slot_of['variable']})")
+    if show_keys:
+        cols.append(f"key: {entry['key']}")
+        if entry.get("full_name"):
+            cols.append(f"name: {entry['full_name']}")
+    return cols
+
+
+def _ls_tree(args) -> int:
+    from tfshard import objectgraph
+
+    infos, prefix, num_shards, fmt, graph_bytes = _ls_infos(args.path, object_graph=True)
+    patterns = args.patterns
+    graph = None
+    if graph_bytes is not None:
+        try:
+            graph = objectgraph.decode(graph_bytes)
+        except tfshard.CorruptCheckpointError as exc:
+            print(f"tfshard ls: warning: {exc}; showing name scopes instead", file=sys.stderr)
+    outside = None
+    if graph is not None:
+        by_key = {i.name: i for i in infos}
+        root, shown, keys_shown = _object_tree(graph, by_key, patterns)
+        rest = [i for i in infos if i.name not in keys_shown
+                and i.name != objectgraph.OBJECT_GRAPH_KEY]
+        outside, rest_shown = _scope_tree(rest, patterns)
+        shown += rest_shown
+        kind = "object_graph"
+    else:
+        root, shown = _scope_tree(infos, patterns)
+        kind = "name_scopes"
+    total = sum(i.nbytes for i in shown)
+    if args.json:
+        doc = {"prefix": prefix, "format": fmt, "num_shards": num_shards, "tree_kind": kind,
+               "objects": len(graph) if graph is not None else None,
+               "tensors": len(shown), "total_bytes": total, "tree": root}
+        if graph is not None:
+            doc["outside_tree"] = outside["children"]
+        _dump_json(doc)
+        return EXIT_OK
+    lines = [str(prefix)] + _tree_lines(root, args.keys)
+    if outside is not None and outside["children"]:
+        lines.append("(tensors no object path names)")
+        lines += _tree_lines(outside, args.keys)
+    where = f"{num_shards} shard(s)" if fmt == "tf" else f"{fmt} format"
+    what = (f"object graph of {_plural(len(graph), 'object')}" if graph is not None
+            else "name scopes")
+    lines.append(f"{_plural(len(shown), 'tensor')}, {_human_bytes(total)} in {where} "
+                 f"({what}): {prefix}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
 
 
 # ---- show ----------------------------------------------------------------------
@@ -519,17 +818,35 @@ def _parser() -> argparse.ArgumentParser:
         sub, "ls", _cmd_ls, "list the tensors of a checkpoint (or another model file)",
         "List the tensors of a checkpoint: name, dtype, shape and size on disk, "
         "then totals. Partitioned tensors appear once, with their full shape. "
-        "Safetensors, .npz, .npy directories and PyTorch files are listed too.",
+        "Safetensors, .npz, .npy directories and PyTorch files are listed too.\n\n"
+        "With --tree, show a tree instead. For a TF2 checkpoint (tf.train.Checkpoint) it is "
+        "the object tree its object graph records: one line per object (model, layer, "
+        "optimizer, variable) named by its local name, variables with dtype, shape and size, "
+        "a variable's optimizer slots after it ('slots: m, v from optimizer'), a slot "
+        "variable with the variable it belongs to; 'NAME -> PATH' is a second edge to an "
+        "object shown at PATH (Keras 3 saves a model's weights under the optimizer's "
+        "'_trainable_variables'). Objects that hold no tensor are left out. For any other "
+        "model (TF1 checkpoints, those tfshard writes, safetensors...), the tree of name "
+        "scopes (names split on '/'). PATTERNs then match checkpoint keys or object paths.",
         ["tfshard ls train/ckpt-100",
          "tfshard ls train/ 'bert/encoder/layer_0/*' --sort size",
          "tfshard ls model.ckpt.index --json",
-         "tfshard ls model.safetensors"], extra_dest="patterns")
+         "tfshard ls model.safetensors",
+         "tfshard ls train/ckpt-100 --tree",
+         "tfshard ls train/ckpt-100 --tree --keys 'model/*'",
+         "tfshard ls train/ckpt-100 --tree --json"], extra_dest="patterns")
     ls.add_argument("path", metavar="PATH", help=_PATH_HELP)
     ls.add_argument("patterns", metavar="PATTERN", nargs="*",
                     help="only tensors whose name matches one of these globs")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.add_argument("--sort", choices=("name", "size", "offset"), default="name",
-                    help="order of the listing (default: name)")
+                    help="order of the listing (default: name; not used by --tree, which "
+                         "keeps the saved order of objects and sorts name scopes)")
+    ls.add_argument("--tree", action="store_true",
+                    help="show the object tree of a TF2 checkpoint, or the name-scope tree "
+                         "of any other model; with --json, as nested objects")
+    ls.add_argument("--keys", action="store_true",
+                    help="with --tree: print each tensor's checkpoint key too")
 
     show = _add_command(
         sub, "show", _cmd_show, "print one tensor's values or statistics",
@@ -726,6 +1043,8 @@ def main(argv=None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if getattr(args, "output", "") is None and not args.dry_run:
             args.subparser.error("OUT is required unless --dry-run is given")
+        if getattr(args, "keys", False) and not args.tree:
+            args.subparser.error("--keys needs --tree (the listing shows keys already)")
     except SystemExit as exc:  # usage errors (2), --help and --version (0): return, not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     # Commands build large listings of small objects; the cyclic GC only costs time.

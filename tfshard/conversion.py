@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import dtypes
 from .errors import CorruptCheckpointError, InvalidTensorError
-from ._objectgraph import OBJECT_GRAPH_KEY, model_keys, without_keys
+from .objectgraph import OBJECT_GRAPH_KEY, model_keys, without_keys
 from .formats import create_sink, detect_format, open_source
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
