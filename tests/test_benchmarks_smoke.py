@@ -127,3 +127,24 @@ def test_bench_convert_quick(tmp_path):
     # Only the cached inputs remain: the scratch directory for outputs is removed.
     assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-"))
                for p in work.iterdir()), list(work.iterdir())
+
+
+RESTORE_CASES = ("tf2_eager", "tf1_session")
+
+
+def test_bench_restore_help():
+    _check_help("bench_restore.py", RESTORE_CASES)
+
+
+def test_bench_restore_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    output, rows = _run_quick("bench_restore.py", RESTORE_CASES, tmp_path,
+                              "--workdir", tmp_path / "work")
+    measured = _importable(tmp_path, "import tfshard.tf; tfshard.tf.restore")
+    for case, row in rows.items():
+        assert row["tf"] is not None, f"{case}: TensorFlow side not measured\n{output}"
+        if measured:
+            assert row["status"] in {"PASS", "MISS"}, f"{case}: {row}\n{output}"
+            assert row["tfshard"] is not None and row["ratio"] is not None, row
+        else:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"

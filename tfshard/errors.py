@@ -19,6 +19,7 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "RestoreError",
 ]
 
 
@@ -82,3 +83,18 @@ class WriterClosedError(TFShardError, ValueError):
 class OutputExistsError(TFShardError, FileExistsError):
     """The output of a save or conversion already exists and ``overwrite`` was not
     given; nothing was written."""
+
+
+class RestoreError(TFShardError, ValueError):
+    """:func:`tfshard.tf.restore` found variables it cannot restore (no tensor in
+    the checkpoint, or one of another shape or dtype); nothing was assigned.
+
+    Attributes
+    ----------
+    report : tfshard.tf.RestoreReport
+        Every missing, mismatched and unused name, all at once.
+    """
+
+    def __init__(self, message: str, *, report, path=None):
+        super().__init__(message, path=path)
+        self.report = report
