@@ -27,7 +27,7 @@ from .errors import (
 )
 from ._util import close_map, drop_pages, gc_paused
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
-from .slices import bounds_spec, find_overlap, intersect, prod, spec
+from .slices import assemble, covering, prod, spec
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
 # read, not at module level: opening and listing a checkpoint (all that
@@ -206,18 +206,22 @@ class Checkpoint(Mapping):
 
     # ---- lookups ---------------------------------------------------------
 
-    def _record(self, name) -> int:
+    def _not_found(self, name) -> TensorNotFoundError:
+        """The error for a name this checkpoint does not hold, with close matches."""
         if not isinstance(name, str):
-            raise TensorNotFoundError(
+            return TensorNotFoundError(
                 f"tensor names are str, got {type(name).__name__} {name!r}", path=self.prefix,
                 key=name)
-        i = self._table.find_tensor(_encode(name))
+        close = difflib.get_close_matches(name, list(self), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        return TensorNotFoundError(
+            f"tensor {name!r} not found in checkpoint {self.prefix} ({len(self)} tensors){hint}",
+            path=self.prefix, key=name)
+
+    def _record(self, name) -> int:
+        i = self._table.find_tensor(_encode(name)) if isinstance(name, str) else -1
         if i < 0:
-            close = difflib.get_close_matches(name, self._table.visible_names(), n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise TensorNotFoundError(
-                f"tensor {name!r} not found in checkpoint {self.prefix} "
-                f"({len(self)} tensors){hint}", path=self.prefix, key=name)
+            raise self._not_found(name)
         return i
 
     def _entry(self, i: int, name: str) -> _Entry:
@@ -419,41 +423,15 @@ class Checkpoint(Mapping):
         return j, e, bounds
 
     def _read_partitioned(self, i: int, name: str, full: _Entry, verify: bool, rows=None):
-        import numpy as np
-
-        shape = full.shape
-        lo = [0] * len(shape)
-        hi = list(shape)
+        region = [(0, d) for d in full.shape]
         if rows is not None:
-            lo[0], hi[0] = rows
+            region[0] = rows
         parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
-        # Stored slices must not overlap (then their volumes measure coverage).
-        overlap = find_overlap([bounds for _, _, bounds in parts])
-        if overlap is not None:
-            raise CorruptCheckpointError(
-                f"{self.index_path}: tensor {name!r} has overlapping slices "
-                f"{bounds_spec(overlap[0])} and {bounds_spec(overlap[1])}",
-                path=self.index_path, key=name)
-        region = list(zip(lo, hi))
-        pieces = []
-        for j, e, bounds in parts:
-            inter = intersect(bounds, region)
-            if inter is not None:
-                pieces.append((j, e, bounds, inter))
-        covered = sum(prod([h - l for l, h in inter]) for *_, inter in pieces)
-        if covered != prod([h - l for l, h in region]):
-            raise CorruptCheckpointError(
-                f"{self.index_path}: the stored slices of tensor {name!r} do not cover "
-                f"{bounds_spec(region)} of its shape {list(shape)}",
-                path=self.index_path, key=name)
-        out = np.empty([h - l for l, h in region], dtype=full.dtype.numpy)
-        for j, e, bounds, inter in pieces:
-            part = self._read_plain(j, name, e, verify)
-            src = tuple(slice(l - b[0], h - b[0]) for (l, h), b in zip(inter, bounds))
-            dst = tuple(slice(l - r[0], h - r[0]) for (l, h), r in zip(inter, region))
-            out[dst] = part[src]
-        out.flags.writeable = False
-        return out
+        boxes = [bounds for _, _, bounds in parts]
+        pieces = covering(boxes, region, f"{self.index_path}: tensor {name!r}",
+                          path=self.index_path, key=name)
+        values = (self._read_plain(parts[k][0], name, parts[k][1], verify) for k, _ in pieces)
+        return assemble(region, boxes, pieces, values, full.dtype.numpy)
 
     def read(self, name: str, index=None, *, verify: bool | None = None) -> np.ndarray:
         """Read tensor ``name``, or the part of it selected by ``index``.

@@ -13,7 +13,6 @@ returned are copies, never views.
 from __future__ import annotations
 
 import builtins
-import difflib
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -22,12 +21,11 @@ from . import _index, _v1, dtypes
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    TensorNotFoundError,
     UnsupportedError,
 )
 from .paths import resolve_prefix, v1_files
 from .reader import Checkpoint, TensorInfo, _check_versions, _encode, _normalize_rows
-from .slices import bounds_spec, find_overlap, intersect, prod, spec
+from .slices import assemble, covering, prod, spec
 
 __all__ = ["V1Checkpoint"]
 
@@ -158,17 +156,9 @@ class V1Checkpoint(Checkpoint):
     # ---- lookups --------------------------------------------------------------
 
     def _tensor(self, name) -> _Tensor:
-        if not isinstance(name, str):
-            raise TensorNotFoundError(
-                f"tensor names are str, got {type(name).__name__} {name!r}", path=self.prefix,
-                key=name)
-        t = self._tensors.get(name)
+        t = self._tensors.get(name) if isinstance(name, str) else None
         if t is None:
-            close = difflib.get_close_matches(name, self._names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise TensorNotFoundError(
-                f"tensor {name!r} not found in V1 checkpoint {self.prefix} "
-                f"({len(self)} tensors){hint}", path=self.prefix, key=name)
+            raise self._not_found(name)
         return t
 
     def _dtype(self, t: _Tensor, *, decoding: bool) -> dtypes.DType:
@@ -256,44 +246,23 @@ class V1Checkpoint(Checkpoint):
 
     def _assemble(self, t: _Tensor, dt: dtypes.DType, rows=None):
         """The tensor (or rows ``rows`` of it) from its stored slices."""
-        import numpy as np
-
-        region = [(0, d) for d in t.shape]
-        if rows is not None:
-            region[0] = rows
         if len(t.parts) == 1 and self._is_whole(t, t.parts[0]):
             arr = self._decode(t, dt, t.parts[0])
             if rows is not None:
                 arr = arr[rows[0]:rows[1]]
-        else:
-            overlap = find_overlap([p.bounds for p in t.parts])
-            if overlap is not None:
-                raise CorruptCheckpointError(
-                    f"{self.prefix}: tensor {t.name!r} has overlapping slices "
-                    f"{bounds_spec(overlap[0])} and {bounds_spec(overlap[1])}",
-                    path=self.prefix, key=t.name)
-            pieces = []
-            for part in t.parts:
-                inter = intersect(part.bounds, region)
-                if inter is not None:
-                    pieces.append((part, inter))
-            covered = sum(prod([h - l for l, h in inter]) for _, inter in pieces)
-            if covered != prod([h - l for l, h in region]):
-                raise CorruptCheckpointError(
-                    f"{self.prefix}: the stored slices of tensor {t.name!r} do not cover "
-                    f"{bounds_spec(region)} of its shape {list(t.shape)}",
-                    path=self.prefix, key=t.name)
-            # Decode first: each slice's value count is checked against the bytes
-            # present, so the output is only allocated for values that exist.
-            values = [self._decode(t, dt, part) for part, _ in pieces]
-            arr = np.empty([h - l for l, h in region],
-                           dtype=dt.numpy if dt.kind != dtypes.STRING else object)
-            for (part, inter), value in zip(pieces, values):
-                src = tuple(slice(l - b[0], h - b[0]) for (l, h), b in zip(inter, part.bounds))
-                dst = tuple(slice(l - r[0], h - r[0]) for (l, h), r in zip(inter, region))
-                arr[dst] = value[src]
-        arr.flags.writeable = False
-        return arr
+            arr.flags.writeable = False
+            return arr
+        region = [(0, d) for d in t.shape]
+        if rows is not None:
+            region[0] = rows
+        boxes = [p.bounds for p in t.parts]
+        pieces = covering(boxes, region, f"{self.prefix}: tensor {t.name!r}",
+                          path=self.prefix, key=t.name)
+        # Decode first: each slice's value count is checked against the bytes
+        # present, so the output is only allocated for values that exist.
+        values = [self._decode(t, dt, t.parts[k]) for k, _ in pieces]
+        return assemble(region, boxes, pieces, values,
+                        dt.numpy if dt.kind != dtypes.STRING else object)
 
     def read(self, name: str, index=None, *, verify: bool | None = None):
         """Read tensor ``name``, or the part of it selected by ``index``.

@@ -6,9 +6,10 @@ A slice is a list of extents, one per dimension, each ``(start, length)``;
 
 from __future__ import annotations
 
-from .errors import UnsupportedError
+from .errors import CorruptCheckpointError, UnsupportedError
 
-__all__ = ["parse_spec", "spec", "bounds_spec", "bounds", "find_overlap", "intersect", "prod"]
+__all__ = ["parse_spec", "spec", "bounds_spec", "bounds", "find_overlap", "intersect", "prod",
+           "covering", "assemble"]
 
 # Cells of the boundary grid checked for overlaps; TF partitions along one
 # axis, so real tensors need a handful.
@@ -94,3 +95,44 @@ def find_overlap(boxes):
             return boxes[int(taken[taken >= 0].flat[0])], box
         owner[cells] = k
     return None
+
+
+def covering(boxes, region, where: str, **error_args) -> list:
+    """``[(k, intersection), ...]`` for the stored slices ``boxes[k]`` (lists of
+    ``(lo, hi)`` per dimension) that meet ``region``, after checking that no two
+    slices overlap and that together they cover ``region``.
+
+    Raises CorruptCheckpointError (``where`` starts its message; ``error_args``
+    are its path/key) otherwise, as TF refuses such tensors.
+    """
+    overlap = find_overlap(boxes)
+    if overlap is not None:
+        raise CorruptCheckpointError(
+            f"{where} has overlapping slices {bounds_spec(overlap[0])} and "
+            f"{bounds_spec(overlap[1])}", **error_args)
+    pieces = []
+    for k, box in enumerate(boxes):
+        inter = intersect(box, region)
+        if inter is not None:
+            pieces.append((k, inter))
+    # Without overlaps, the pieces' volumes measure the coverage.
+    if sum(prod([h - l for l, h in inter]) for _, inter in pieces) != \
+            prod([h - l for l, h in region]):
+        raise CorruptCheckpointError(
+            f"{where}: its stored slices do not cover {bounds_spec(region)}", **error_args)
+    return pieces
+
+
+def assemble(region, boxes, pieces, values, dtype):
+    """The read-only array of ``region`` from ``pieces`` (as :func:`covering`
+    returns them) and ``values[i]``, the whole stored slice of ``pieces[i]``."""
+    import numpy as np
+
+    out = np.empty([h - l for l, h in region], dtype=dtype)
+    for (k, inter), value in zip(pieces, values):
+        box = boxes[k]
+        src = tuple(slice(l - b[0], h - b[0]) for (l, h), b in zip(inter, box))
+        dst = tuple(slice(l - r[0], h - r[0]) for (l, h), r in zip(inter, region))
+        out[dst] = value[src]
+    out.flags.writeable = False
+    return out
