@@ -383,3 +383,29 @@ def test_corrupt_checkpoint_is_a_tfshard_error(tf2_checkpoint, tmp_path):
     open(str(copy) + ".data-00000-of-00001", "wb").write(bytes(data))
     with pytest.raises(tfshard.TFShardError):
         tfshard.tf.restore(str(copy), _Net())
+
+
+def test_legacy_v1_checkpoint_restores_into_a_graph():
+    """A V1 checkpoint TF's Saver(write_version=V1) wrote (a golden) restores through the
+    same call, partitioned tensors included, and agrees with TF's own V1 restore."""
+    from pathlib import Path
+
+    prefix = str(Path(__file__).parent / "data" / "v1" / "partitioned" / "model.ckpt")
+    names = [name for name, _ in tfshard.list_variables(prefix)]
+    with tfshard.open(prefix) as ckpt:
+        infos = {n: ckpt.info(n) for n in names}
+    results = []
+    for use_saver in (True, False):
+        with tf.Graph().as_default():
+            variables = {n: v1.get_variable(n.replace("/", "_"), shape=infos[n].shape,
+                                            dtype=tf.as_dtype(infos[n].dtype))
+                         for n in names}
+            with v1.Session() as sess:
+                if use_saver:
+                    v1.train.Saver(variables).restore(sess, prefix)
+                else:
+                    report = tfshard.tf.restore(prefix, variables, session=sess)
+                    assert report.ok and not report.unexpected
+                results.append(sess.run(variables))
+    assert any(infos[n].slices for n in names), "the golden should hold a sliced tensor"
+    _assert_equal(results[1], results[0])

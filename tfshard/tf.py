@@ -187,7 +187,7 @@ def _resolve(ckpt, var_list, assignment_map, session):
     """``(targets, missing)``: what to assign, and variables found missing
     before any key was looked up (objects the checkpoint's graph lacks)."""
     if assignment_map is not None:
-        return _mapped_targets(ckpt, assignment_map, var_list, session), []
+        return _mapped_targets(assignment_map, var_list, session), []
     if isinstance(var_list, Mapping):
         return [t for key, value in var_list.items() for t in _explicit(key, value)], []
     if var_list is not None and _is_trackable_root(var_list):
@@ -305,7 +305,7 @@ def _named_target(v, by_name) -> _Target:
     return _target(v, by_name(_variable_name(v)))
 
 
-def _mapped_targets(ckpt, assignment_map, var_list, session) -> list:
+def _mapped_targets(assignment_map, var_list, session) -> list:
     """Targets of an ``init_from_checkpoint``-style assignment map."""
     candidates = None  # variables by name, loaded when a string rule needs them
     targets, scopes = [], []
