@@ -25,7 +25,7 @@ extensions = [
         extra_link_args=extra_link,
     )
     for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]),
-                                 ("_v1", ["csrc/tfs_v1.c"]))
+                                 ("_v1", ["csrc/tfs_v1.c"]), ("_graph", []))
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

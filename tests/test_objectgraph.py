@@ -358,6 +358,31 @@ def test_unknown_fields_are_skipped():
     assert graph.nodes[0].attributes == [("", "", "k")]
 
 
+def test_singular_fields_and_negative_ids():
+    # A negative int32 is a 10-byte varint; repeated BoolValue and RegisteredSaver
+    # messages are merged (the last value of each field present wins); an empty BoolValue
+    # is False.
+    child = _len_field(1, _int_field(1, -1) + _len_field(2, b"c"))
+    saver = (_len_field(4, _len_field(1, b"s1") + _len_field(2, b"o1"))
+             + _len_field(4, _len_field(1, b"s2")))
+    flags = _len_field(5, _int_field(1, 1)) + _len_field(5, b"")
+    node, empty = objectgraph._nodes(_len_field(1, child + saver + flags)
+                                     + _len_field(1, _len_field(5, b"")))
+    assert node.children == [("c", -1)] and type(node.children[0]) is objectgraph.Child
+    assert node.registered_saver == ("s2", "o1")
+    assert type(node.registered_saver) is objectgraph.RegisteredSaver
+    assert node.has_checkpoint_values is True and empty.has_checkpoint_values is False
+
+
+def test_error_offsets():
+    with pytest.raises(CorruptCheckpointError, match="at byte 12: a string field") as info:
+        objectgraph.decode(b"\x0a\x04\x12\x02\x0a\x00" + b"\x0a\x05\x12\x03\x0a\x01\xff")
+    assert info.value.offset == 12  # the string in the second object
+    with pytest.raises(CorruptCheckpointError, match="truncated varint") as info:
+        objectgraph.decode(b"\x0a\x01\x80")
+    assert info.value.offset == 2
+
+
 def test_not_bytes():
     with pytest.raises(TypeError):
         objectgraph.decode("text")

@@ -31,10 +31,11 @@ Wire format (proto3; field numbers of ``trackable_object_graph.proto``)::
                             2: string slot_name       3: int32 slot_variable_node_id
     RegisteredSaver         1: string name            2: string object_name
 
-The decoder is written here rather than taken from the ``protobuf`` package:
-tfshard does not depend on it, and a dedicated decoder for these six messages is
-short, checks every length against the bytes that remain, and reads a graph of
-tens of thousands of objects in a fraction of a second.
+The wire format is read by :mod:`tfshard._graph` (Cython over the C core's
+protobuf reader) rather than by the ``protobuf`` package: tfshard does not depend
+on it, and a dedicated decoder for these six messages checks every length against
+the bytes that remain and reads a graph of tens of thousands of objects in a
+fraction of a second.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ from __future__ import annotations
 import gc
 from collections import deque
 from contextlib import contextmanager
+from itertools import chain, starmap
+from operator import attrgetter, itemgetter
 from typing import NamedTuple, Optional
 
+from . import _graph
 from .errors import CorruptCheckpointError
 
 __all__ = [
@@ -197,108 +201,12 @@ class KeyInfo(NamedTuple):
     slots: tuple
 
 
-# ---- wire-level decoding ---------------------------------------------------------------
+# ---- decoding ---------------------------------------------------------------------------
 
 def _corrupt(message: str, offset=None) -> CorruptCheckpointError:
     where = f" at byte {offset}" if offset is not None else ""
     return CorruptCheckpointError(f"malformed object graph ({OBJECT_GRAPH_KEY}){where}: "
                                   f"{message}", key=OBJECT_GRAPH_KEY, offset=offset)
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple:
-    """(value, position after it) of the varint at ``pos``; at most 10 bytes."""
-    result = shift = 0
-    start = pos
-    while True:
-        if pos >= end:
-            raise _corrupt("truncated varint", start)
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-        if shift > 63:
-            raise _corrupt("varint longer than 10 bytes", start)
-
-
-def _int32(value: int) -> int:
-    # A negative int32 is written as the 10-byte varint of its 64-bit two's complement.
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _skip(buf: bytes, pos: int, end: int, tag: int) -> int:
-    """Position after the value of a field with key ``tag`` (already read) that the
-    decoder does not use."""
-    field, wire = tag >> 3, tag & 7
-    if field == 0:
-        raise _corrupt("field number 0", pos)
-    if wire == 0:
-        return _varint(buf, pos, end)[1]
-    if wire == 2:
-        n, pos = _varint(buf, pos, end)
-        if n > end - pos:
-            raise _corrupt(f"field {field} of {n} bytes runs past the end of its message", pos)
-        return pos + n
-    if wire in (1, 5):
-        size = 8 if wire == 1 else 4
-        if size > end - pos:
-            raise _corrupt(f"field {field} runs past the end of its message", pos)
-        return pos + size
-    raise _corrupt(f"unsupported wire type {wire} (field {field})", pos)
-
-
-def _text(buf: bytes, start: int, end: int) -> str:
-    try:
-        return buf[start:end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _corrupt("a string field is not valid UTF-8", start) from None
-
-
-def _length(buf: bytes, pos: int, end: int) -> tuple:
-    """(start, end) of the length-delimited value at ``pos``."""
-    if pos < end and buf[pos] < 0x80:  # nearly every length here fits one byte
-        n = buf[pos]
-        pos += 1
-    else:
-        n, pos = _varint(buf, pos, end)
-    if n > end - pos:
-        raise _corrupt(f"a field of {n} bytes runs past the end of its message", pos)
-    return pos, pos + n
-
-
-def _fields(buf: bytes, pos: int, end: int, known: dict):
-    """The fields of the message at ``buf[pos:end]`` whose number is in ``known``
-    (``{field number: wire type}``): ``(tag, value start, value end)`` for a
-    length-delimited field, ``(tag, value, None)`` for a varint.  Other fields are
-    skipped; a known field with another wire type is an error."""
-    while pos < end:
-        tag = buf[pos]
-        if tag < 0x80:
-            pos += 1
-        else:
-            tag, pos = _varint(buf, pos, end)
-        wire = known.get(tag >> 3)
-        if wire is None:
-            pos = _skip(buf, pos, end, tag)
-        elif wire != tag & 7:
-            raise _corrupt(f"field {tag >> 3} has wire type {tag & 7}, not {wire}", pos)
-        elif wire == 2:
-            s, pos = _length(buf, pos, end)
-            yield tag, s, pos
-        else:
-            value, pos = _varint(buf, pos, end)
-            yield tag, value, None
-
-
-# {field number: wire type} of each message (0 varint, 2 length-delimited).
-_TENSOR = {1: 2, 2: 2, 3: 2}
-_SAVER = {1: 2, 2: 2}
-_BOOL = {1: 0}
-
-# Tags (field number << 3 | wire type) the decoder expects.
-_T_VARINT_1 = 0x08
-_T_LEN_1, _T_LEN_2, _T_LEN_3 = 0x0A, 0x12, 0x1A
 
 
 @contextmanager
@@ -315,168 +223,27 @@ def _gc_paused():
             gc.enable()
 
 
-# The decoder below is written for speed as much as for clarity: a model with ten
-# thousand variables and their optimizer slots has tens of thousands of objects,
-# so the common case (one-byte tags and lengths) is read inline and only the
-# rest goes through _varint and _skip.
-
-def _ref(buf: bytes, pos: int, end: int) -> Child:
-    """An ObjectReference at ``buf[pos:end]``."""
-    node_id, name = 0, ""
-    while pos < end:
-        tag = buf[pos]
-        if tag < 0x80:
-            pos += 1
-        else:
-            tag, pos = _varint(buf, pos, end)
-        if tag == 0x08:                                        # node_id
-            if pos < end and buf[pos] < 0x80:
-                node_id = buf[pos]
-                pos += 1
-            else:
-                node_id, pos = _varint(buf, pos, end)
-                node_id = _int32(node_id)
-        elif tag == 0x12:                                      # local_name
-            s, pos = _length(buf, pos, end)
-            name = _text(buf, s, pos)
-        elif tag >> 3 in (1, 2):
-            raise _corrupt(f"field {tag >> 3} of a child reference has wire type {tag & 7}",
-                           pos)
-        else:
-            pos = _skip(buf, pos, end, tag)
-    return tuple.__new__(Child, (name, node_id))
-
-
-def _tensor(buf: bytes, pos: int, end: int) -> Attribute:
-    """A SerializedTensor at ``buf[pos:end]``."""
-    values = ["", "", ""]  # name, full_name, checkpoint_key
-    start = pos
-    try:
-        while pos < end:
-            tag = buf[pos]
-            if tag < 0x80:
-                pos += 1
-            else:
-                tag, pos = _varint(buf, pos, end)
-            field = tag >> 3
-            if 1 <= field <= 3 and tag & 7 == 2:
-                if pos < end and buf[pos] < 0x80:
-                    s = pos + 1
-                    pos = s + buf[pos]
-                    if pos > end:
-                        raise _corrupt("a string runs past the end of its message", s)
-                else:
-                    s, pos = _length(buf, pos, end)
-                values[field - 1] = buf[s:pos].decode("utf-8")
-            elif 1 <= field <= 3:
-                raise _corrupt(f"field {field} of an attribute has wire type {tag & 7}", pos)
-            else:
-                pos = _skip(buf, pos, end, tag)
-    except UnicodeDecodeError:
-        raise _corrupt("a string field is not valid UTF-8", start) from None
-    return tuple.__new__(Attribute, values)
-
-
-def _slot(buf: bytes, pos: int, end: int) -> SlotVariable:
-    """A SlotVariableReference at ``buf[pos:end]``."""
-    ids = [0, 0]  # original_variable_node_id (tag 0x08), slot_variable_node_id (tag 0x18)
-    slot_name = ""
-    while pos < end:
-        tag = buf[pos]
-        if tag < 0x80:
-            pos += 1
-        else:
-            tag, pos = _varint(buf, pos, end)
-        if tag == 0x08 or tag == 0x18:                          # the two node ids
-            if pos < end and buf[pos] < 0x80:
-                ids[tag >> 4] = buf[pos]
-                pos += 1
-            else:
-                value, pos = _varint(buf, pos, end)
-                ids[tag >> 4] = _int32(value)
-        elif tag == 0x12:                                       # slot_name
-            s, pos = _length(buf, pos, end)
-            slot_name = _text(buf, s, pos)
-        elif 1 <= tag >> 3 <= 3:
-            raise _corrupt(f"field {tag >> 3} of a slot reference has wire type {tag & 7}", pos)
-        else:
-            pos = _skip(buf, pos, end, tag)
-    return tuple.__new__(SlotVariable, (ids[0], slot_name, ids[1]))
-
-
-def _object(buf: bytes, pos: int, end: int, node_id: int) -> Node:
-    """A TrackableObject at ``buf[pos:end]``."""
-    children, attributes, slots = [], [], []
-    saver = has_values = None
-    while pos < end:
-        tag = buf[pos]
-        if tag < 0x80:
-            pos += 1
-        else:
-            tag, pos = _varint(buf, pos, end)
-        if tag & 7 != 2 or not 1 <= tag >> 3 <= 5:
-            if 1 <= tag >> 3 <= 5:
-                raise _corrupt(f"field {tag >> 3} of an object has wire type {tag & 7}", pos)
-            pos = _skip(buf, pos, end, tag)
-            continue
-        if pos < end and buf[pos] < 0x80:
-            s = pos + 1
-            pos = s + buf[pos]
-            if pos > end:
-                raise _corrupt("a field runs past the end of its object", s)
-        else:
-            s, pos = _length(buf, pos, end)
-        if tag == 0x0A:
-            children.append(_ref(buf, s, pos))
-        elif tag == 0x12:
-            attributes.append(_tensor(buf, s, pos))
-        elif tag == 0x2A:                       # BoolValue, merged: the last value wins
-            if pos - s == 2 and buf[s] == 0x08 and buf[s + 1] < 0x80:
-                has_values = buf[s + 1] != 0
-            else:
-                has_values = bool(has_values)
-                for _, v, _ in _fields(buf, s, pos, _BOOL):
-                    has_values = v != 0
-        elif tag == 0x1A:
-            slots.append(_slot(buf, s, pos))
-        else:                                   # RegisteredSaver, merged
-            name, object_name = saver or ("", "")
-            for t, v, ve in _fields(buf, s, pos, _SAVER):
-                if t == _T_LEN_1:
-                    name = _text(buf, v, ve)
-                else:
-                    object_name = _text(buf, v, ve)
-            saver = RegisteredSaver(name, object_name)
-    return Node(node_id, children, attributes, slots, saver, has_values)
-
-
 def _nodes(data) -> list:
     if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"the object graph is bytes, not {type(data).__name__}")
-    buf = bytes(data)
-    nodes = []
-    pos, end = 0, len(buf)
+    # The wire format is read by tfshard._graph (Cython over the C core's protobuf
+    # reader), which builds the named tuples; each of its entries is Node's arguments.
     with _gc_paused():
-        while pos < end:
-            tag = buf[pos]
-            if tag < 0x80:
-                pos += 1
-            else:
-                tag, pos = _varint(buf, pos, end)
-            if tag == 0x0A:                                     # nodes
-                s, pos = _length(buf, pos, end)
-                nodes.append(_object(buf, s, pos, len(nodes)))
-            elif tag >> 3 == 1:
-                raise _corrupt(f"field 1 has wire type {tag & 7}, not 2", pos)
-            else:
-                pos = _skip(buf, pos, end, tag)
-    return nodes
+        return list(starmap(Node, _graph.decode_nodes(bytes(data), Child, Attribute,
+                                                       SlotVariable, RegisteredSaver)))
 
 
 def _check_ids(nodes: list) -> None:
     n = len(nodes)
     if not n:
         raise _corrupt("no objects (a TF2 object graph has at least its root)")
+    # Every id at once, in C loops; the loop below finds the culprit for the message.
+    ids = list(map(itemgetter(1), chain.from_iterable(map(attrgetter("children"), nodes))))
+    slots = list(chain.from_iterable(map(attrgetter("slot_variables"), nodes)))
+    ids += map(itemgetter(0), slots)
+    ids += map(itemgetter(2), slots)
+    if not ids or (min(ids) >= 0 and max(ids) < n):
+        return
     for node in nodes:
         for local_name, child in node.children:
             if not 0 <= child < n:
@@ -539,10 +306,11 @@ class ObjectGraph:
         while queue:  # each node enters the queue once, so cycles end
             current = queue.popleft()
             base = paths[current]
+            prefix = f"{base}/" if base else ""
             for local_name, child in nodes[current].children:
                 if paths[child] is None:
-                    segment = escape_local_name(local_name)
-                    paths[child] = f"{base}/{segment}" if base else segment
+                    # escape_local_name, inlined: this runs once per object
+                    paths[child] = prefix + local_name.replace(".", "..").replace("/", ".S")
                     parents[child] = (current, local_name)
                     queue.append(child)
         tree_paths = list(paths)  # slot paths are built from these only
@@ -591,8 +359,11 @@ class ObjectGraph:
             for original, slot_name, slot in node.slot_variables:
                 if slot not in seen:
                     seen.add(slot)
-                    links.append(SlotLink(slot_name, slot, original, node.id, "reference"))
+                    links.append(tuple.__new__(SlotLink, (slot_name, slot, original, node.id,
+                                                          "reference")))
         for node in nodes:
+            if not node.children:
+                continue
             trainable = next((child for name, child in node.children
                               if name == "_trainable_variables"), None)
             if trainable is None:
@@ -629,18 +400,23 @@ class ObjectGraph:
         paths = self.paths()
         slot_of, slots_of = {}, {}
         for link in self.slot_links():
-            slot_of.setdefault(link.slot_node_id, link)
-            slots_of.setdefault(link.variable_node_id, []).append(link)
+            _, slot, variable, _, _ = link
+            slot_of.setdefault(slot, link)
+            slots_of.setdefault(variable, []).append(link)
         slots_of = {node_id: tuple(links) for node_id, links in slots_of.items()}
         keys = {}
+        new = tuple.__new__
         for node in self.nodes:
+            attributes = node.attributes
+            if not attributes:
+                continue
             node_id = node.id
+            path = paths[node_id]
             slot = slot_of.get(node_id)
             slots = slots_of.get(node_id, ())
-            for name, full_name, key in node.attributes:
+            for name, full_name, key in attributes:
                 if key not in keys:
-                    keys[key] = tuple.__new__(KeyInfo, (key, paths[node_id], node_id, name,
-                                                        full_name, slot, slots))
+                    keys[key] = new(KeyInfo, (key, path, node_id, name, full_name, slot, slots))
         return keys
 
     def full_names(self) -> dict:
@@ -761,20 +537,6 @@ def _encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _spans(buf: bytes, pos: int, end: int):
-    """(tag, value start, value end, field start) of every field of a message, for
-    rewriting it; the value span is None for fields that are not length-delimited."""
-    while pos < end:
-        start = pos
-        tag, pos = _varint(buf, pos, end)
-        if tag & 7 == 2:
-            s, pos = _length(buf, pos, end)
-            yield tag, s, pos, start
-        else:
-            pos = _skip(buf, pos, end, tag)
-            yield tag, None, pos, start
-
-
 def without_keys(graph: bytes, dropped: set) -> bytes:
     """The serialized object graph with every attribute whose checkpoint key is in
     ``dropped`` removed, so that TF restores the objects that owned them (an
@@ -784,25 +546,21 @@ def without_keys(graph: bytes, dropped: set) -> bytes:
     Raises CorruptCheckpointError (a ValueError) when ``graph`` cannot be decoded.
     """
     buf = bytes(graph)
-    by_node = iter(decode(buf).nodes)
+    nodes = iter(decode(buf).nodes)  # also checks the fields read below
     out = bytearray()
-    for tag, s, e, start in _spans(buf, 0, len(buf)):
-        if tag != _T_LEN_1:
-            out += buf[start:e]
+    for field, _, start, end, field_start in _graph.fields(buf, 0, len(buf)):
+        if field != 1:                                          # not a node
+            out += buf[field_start:end]
             continue
-        node = next(by_node)
+        node = next(nodes)
         if not any(key in dropped for _, _, key in node.attributes):
-            out += buf[start:e]
+            out += buf[field_start:end]
             continue
+        attributes = iter(node.attributes)  # one per field 2 of the node, in order
         body = bytearray()
-        for t, vs, ve, fs in _spans(buf, s, e):
-            if t == _T_LEN_2 and vs is not None:
-                keep = True
-                for t2, v2, v2e in _fields(buf, vs, ve, _TENSOR):
-                    if t2 == _T_LEN_3:
-                        keep = _text(buf, v2, v2e) not in dropped
-                if not keep:
-                    continue
-            body += buf[fs:ve]
+        for field2, _, _, end2, field_start2 in _graph.fields(buf, start, end):
+            if field2 == 2 and next(attributes).checkpoint_key in dropped:
+                continue
+            body += buf[field_start2:end2]
         out += b"\x0a" + _encode_varint(len(body)) + body
     return bytes(out)
