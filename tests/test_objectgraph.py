@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bundle_builder as bb
+
 import tfshard
 from tfshard import objectgraph
 from tfshard import CorruptCheckpointError
@@ -32,22 +34,12 @@ def graph_bytes(prefix) -> bytes:
 
 # ---- a tiny protobuf encoder, to build graphs TF would never write ----------------------
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _len_field(field: int, body: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(body)) + body
+    return bb.field(field, 2, body)
 
 
 def _int_field(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
+    return bb.field(field, 0, value)
 
 
 def encode(nodes) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import bundle_builder as bb
 from helpers import tensor_sha256
 
 import tfshard
@@ -258,22 +259,15 @@ def test_v1_to_v2_read_back_by_tf(tf, tmp_path, rel):
 
 # ---- hand-built files ---------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_varint = bb.varint
 
 
 def _len(num: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+    return bb.field(num, 2, payload)
 
 
 def _int(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
+    return bb.field(num, 0, value)
 
 
 def _shape(dims) -> bytes:
