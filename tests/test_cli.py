@@ -10,6 +10,7 @@ import pytest
 
 import tfshard
 from tfshard import cli, formats
+from tfshard.stats import tensor_stats
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -220,17 +221,17 @@ def test_tensor_stats_chunks_agree_with_numpy():
     rng = np.random.default_rng(1)
     values = rng.standard_normal(1001) * 100 + 7
     values[[3, 500, 999]] = np.nan
-    stats = cli.tensor_stats(values.astype(np.float32), chunk=64)
+    stats = tensor_stats(values.astype(np.float32), chunk=64)
     v32 = values.astype(np.float32).astype(np.float64)
     assert stats["count"] == 1001 and stats["nan"] == 3 and stats["inf"] == 0
     assert stats["mean"] == pytest.approx(np.nanmean(v32), rel=1e-12)
     assert stats["std"] == pytest.approx(np.nanstd(v32), rel=1e-12)
     assert stats["min"] == np.nanmin(v32) and stats["max"] == np.nanmax(v32)
     big = np.array([2**62 + 1, -(2**62) - 3], dtype=np.int64)  # exact min/max for int64
-    assert (int(cli.tensor_stats(big)["min"]), int(cli.tensor_stats(big)["max"])) == (
+    assert (int(tensor_stats(big)["min"]), int(tensor_stats(big)["max"])) == (
         -(2**62) - 3, 2**62 + 1)
-    assert cli.tensor_stats(np.zeros(0, np.float32))["min"] is None
-    assert cli.tensor_stats(np.ones(2, np.complex64)) is None
+    assert tensor_stats(np.zeros(0, np.float32))["min"] is None
+    assert tensor_stats(np.ones(2, np.complex64)) is None
 
 
 def test_show_stats_every_golden_dtype(capsys):

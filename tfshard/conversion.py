@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import dtypes
 from .errors import CorruptCheckpointError, InvalidTensorError
-from .objectgraph import OBJECT_GRAPH_KEY, model_keys, without_keys
+from .objectgraph import OBJECT_GRAPH_KEY, model_keys, serialized_graph, without_keys
 from .formats import create_sink, detect_format, open_source
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
@@ -394,16 +394,6 @@ class _Replaced:
         return self._values[name] if name in self._values else self._source.read(name)
 
 
-def _read_object_graph(source):
-    """The serialized object graph of a TF2 checkpoint, or None."""
-    if OBJECT_GRAPH_KEY not in source.names():
-        return None
-    value = source.read(OBJECT_GRAPH_KEY)
-    if getattr(value, "shape", None) != () or not isinstance(value[()], bytes):
-        return None
-    return value[()]
-
-
 def strip(src, out, *, drop_step: bool = False, overwrite: bool = False,
           progress: bool | None = False, dry_run: bool = False) -> ConvertReport:
     """Copy a checkpoint without its optimizer state (see :func:`optimizer_state`).
@@ -416,7 +406,7 @@ def strip(src, out, *, drop_step: bool = False, overwrite: bool = False,
     """
     with open_source(src) as source:
         names = source.names()
-        graph = _read_object_graph(source)
+        graph = serialized_graph(source)
         drop = optimizer_state(names, drop_step=drop_step, object_graph=graph)
         dropping = set(drop)
         kept = [n for n in names if n not in dropping]

@@ -61,6 +61,7 @@ __all__ = [
     "SlotLink",
     "KeyInfo",
     "decode",
+    "serialized_graph",
     "name_to_key",
     "escape_local_name",
     "model_keys",
@@ -454,6 +455,23 @@ def _keras_slot_name(variable: Node, slot: Node, list_name: str) -> str:
 
 
 # ---- functions -------------------------------------------------------------------------
+
+def serialized_graph(model) -> bytes | None:
+    """The serialized object graph a TF2 checkpoint stores, or None when ``model`` has
+    none (TF1 checkpoints, those tfshard writes, other formats).
+
+    Parameters
+    ----------
+    model : tfshard.Checkpoint or tfshard.formats.Source
+        Anything with ``in`` and ``read(name)``.
+    """
+    if OBJECT_GRAPH_KEY not in model:
+        return None
+    value = model.read(OBJECT_GRAPH_KEY)
+    if getattr(value, "shape", None) != () or not isinstance(value[()], bytes):
+        return None
+    return value[()]
+
 
 def decode(data) -> ObjectGraph:
     """Decode a serialized ``TrackableObjectGraph``.

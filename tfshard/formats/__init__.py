@@ -35,8 +35,12 @@ format holds:
 
 from __future__ import annotations
 
-from ..errors import InvalidTensorError, UnsupportedError
+import os
+from typing import NamedTuple
+
+from ..errors import CheckpointNotFoundError, InvalidTensorError, UnsupportedError
 from . import _base, _numpy
+from ..objectgraph import serialized_graph
 from ._base import (
     FORMATS,
     Sink,
@@ -51,7 +55,8 @@ from ._safetensors import _SafetensorsSink, _SafetensorsSource
 from ._tf import _TFSink, _TFSource
 from ._torch import _TorchSink, _TorchSource
 
-__all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink"]
+__all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink",
+           "TensorListing", "list_tensors"]
 
 # Private helpers the tests reach through this module (``formats._npy_filenames``).
 _is_plain_filename = _base._is_plain_filename
@@ -86,6 +91,68 @@ def open_source(path, fmt: str | None = None) -> Source:
     path = _fspath(path)
     fmt = detect_format(path) if fmt is None else _check_format(fmt)
     return _SOURCES[fmt](path)
+
+
+class TensorListing(NamedTuple):
+    """What :func:`list_tensors` finds in a model.
+
+    Attributes
+    ----------
+    path : str
+        What was read (for TF checkpoints, the resolved prefix).
+    format : str
+        One of :data:`FORMATS`.
+    num_shards : int or None
+        Data shards of a TF checkpoint; None for other formats.
+    tensors : list of tfshard.TensorInfo
+        Sorted by name.  ``shard``, ``offset`` and ``slices`` are filled in for TF
+        checkpoints only.
+    object_graph : bytes or None
+        With ``object_graph=True``, the serialized TF2 object graph (None when
+        the model has none).
+    """
+
+    path: str
+    format: str
+    num_shards: int | None
+    tensors: list
+    object_graph: bytes | None = None
+
+
+def list_tensors(path, *, object_graph: bool = False) -> TensorListing:
+    """List the tensors of any model tfshard reads, without reading their data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TF checkpoint (as :func:`tfshard.open` takes it) or a model in another
+        format (see :func:`detect_format`).
+    object_graph : bool
+        Also read the serialized object graph of a TF2 checkpoint (its only
+        tensor read, CRC checked).
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        If nothing exists at ``path``.
+    """
+    from ..reader import Checkpoint, TensorInfo
+
+    path = _fspath(path)
+    try:
+        ckpt = Checkpoint(path)
+    except CheckpointNotFoundError:
+        if not os.path.exists(path):
+            raise
+        ckpt = None  # something that exists but is no TF checkpoint: another format
+    if ckpt is not None:
+        with ckpt:
+            graph = serialized_graph(ckpt) if object_graph else None
+            return TensorListing(ckpt.prefix, "tf", ckpt.num_shards, ckpt.infos(), graph)
+    with open_source(path) as source:
+        infos = [TensorInfo(name, *source.info(name), source.nbytes(name), None, None)
+                 for name in source.names()]
+        return TensorListing(source.path, source.format, None, infos)
 
 
 _SOURCES = {"tf": _TFSource, "safetensors": _SafetensorsSource, "npz": _NpzSource,

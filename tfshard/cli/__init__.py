@@ -1,0 +1,87 @@
+"""The ``tfshard`` command line.
+
+Exit codes: 0 success, 1 failure (a corrupt checkpoint, models that differ, an
+output that already exists...), 2 usage error.
+
+Each command lives in a module of its own that registers its options
+(``add_parser``) and runs (``run``); the modules parse arguments and print, and
+import the library functions they call when the command runs, so that
+``tfshard ls`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import sys
+
+import tfshard
+
+from . import convert, diff, extract, ls, merge, rename, show, strip, verify
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
+
+__all__ = ["main", "parse_size", "FORMATS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+
+# In the order `tfshard --help` lists them.
+COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tfshard",
+        description="Read, write and convert TensorFlow checkpoints without TensorFlow.",
+        epilog="Run 'tfshard COMMAND --help' for the options of one command.\n"
+               "Exit status: 0 success, 1 failure (bad data, models that differ...), "
+               "2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"tfshard {tfshard.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+# The library's messages name its keyword arguments; here they are options.
+_FORMAT_OPTION = {"extract": "--format", "convert": "--to", "merge": "--to"}
+
+
+def _error_message(exc: BaseException, command: str) -> str:
+    message = str(exc).replace("overwrite=True", "--overwrite")
+    if command in _FORMAT_OPTION:
+        message = re.sub(r"\bfmt='(\w+)'", _FORMAT_OPTION[command] + r" \1", message)
+    return message
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``tfshard`` console script; returns the exit status."""
+    parser = _parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # argparse cannot take positional patterns after an option ("ls P --json 'a*'").
+        dest = getattr(args, "extra_dest", None)
+        if extra and dest and not any(e.startswith("-") for e in extra):
+            getattr(args, dest).extend(extra)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "output", "") is None and not args.dry_run:
+            args.subparser.error("OUT is required unless --dry-run is given")
+        if getattr(args, "keys", False) and not args.tree:
+            args.subparser.error("--keys needs --tree (the listing shows keys already)")
+    except SystemExit as exc:  # usage errors (2), --help and --version (0): return, not exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Commands build large listings of small objects; the cyclic GC only costs time.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return args.func(args)
+    except (tfshard.TFShardError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return EXIT_OK
+        print(f"tfshard {args.command}: error: {_error_message(exc, args.command)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if gc_was_enabled:
+            gc.enable()

@@ -1,0 +1,73 @@
+"""``tfshard convert``: convert a model between formats, selecting, renaming and casting."""
+
+from __future__ import annotations
+
+
+from ._common import (
+    CAST_DTYPES,
+    EXIT_OK,
+    FORMATS,
+    PATH_HELP,
+    SIZE_HELP,
+    add_command,
+    add_write_options,
+    plural,
+    print_written,
+    progress,
+    size_arg,
+)
+
+
+def run(args) -> int:
+    from tfshard import conversion
+
+    report = conversion.convert(
+        args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
+        dtype=args.dtype, include=args.include, exclude=args.exclude, rename=args.rename,
+        max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=progress(args))
+    print_written(args, report, "converted")
+    if not args.quiet:
+        renamed = sum(1 for old, new in report.mapping.items() if old != new)
+        if renamed:
+            print(f"{plural(renamed, 'tensor')} renamed")
+        if report.dropped:
+            print(f"{plural(len(report.dropped), 'tensor')} left out by --include/--exclude")
+    return EXIT_OK
+
+
+def add_parser(sub) -> None:
+    convert = add_command(
+        sub, "convert", run, "convert a model between formats",
+        "Convert a model between a TF checkpoint, safetensors, .npz, a directory of .npy files "
+        "and PyTorch, streaming one tensor at a time. Formats are told by the names of SRC and "
+        "DST unless --from/--to say. Tensors are selected with --include/--exclude (globs, '*' "
+        "matches '/' too: --include keeps only matching tensors, --exclude then drops some), "
+        "renamed with --rename rules (Python regular expressions, applied in order with "
+        "re.sub; rules that make two tensors one name are refused before anything is "
+        "written) and, with --dtype, floating tensors (float16, bfloat16, float32, float64) "
+        "are cast; other tensors are copied as they are.\n\n" + SIZE_HELP + ".",
+        ["tfshard convert train/ckpt-100 model.safetensors",
+         "tfshard convert model.safetensors out/model.ckpt --to tf --dtype bfloat16",
+         "tfshard convert train/ckpt-100 model.safetensors --max-shard-size 2GiB",
+         "tfshard convert ckpt model.npz --exclude '*/Adam*' --rename '^bert/=encoder/'"])
+    convert.add_argument("src", metavar="SRC", help="the input model: " + PATH_HELP)
+    convert.add_argument("dst", metavar="DST",
+                         help="the output: a TF checkpoint prefix, a .safetensors, .npz or "
+                              ".pt/.bin file, or a directory for .npy files")
+    convert.add_argument("--from", dest="src_format", choices=FORMATS, metavar="FMT",
+                         help=f"format of SRC: {', '.join(FORMATS)} (default: told by its name)")
+    convert.add_argument("--to", dest="dst_format", choices=FORMATS, metavar="FMT",
+                         help=f"format of DST: {', '.join(FORMATS)} (default: told by its name)")
+    convert.add_argument("--dtype", choices=CAST_DTYPES, metavar="D",
+                         help=f"cast floating tensors to D: {', '.join(CAST_DTYPES)}")
+    convert.add_argument("--include", action="append", default=[], metavar="GLOB",
+                         help="keep only tensors matching a GLOB (repeatable)")
+    convert.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                         help="drop tensors matching GLOB (repeatable)")
+    convert.add_argument("--rename", action="append", default=[], metavar="REGEX=REPL",
+                         help="rename tensors: re.sub(REGEX, REPL, name); repeatable, applied "
+                              "in order; write '\\=' for a '=' inside REGEX")
+    convert.add_argument("--max-shard-size", type=size_arg, metavar="SIZE",
+                         help="split the output into files of at most SIZE (TF data shards, "
+                              "safetensors shards)")
+    add_write_options(convert)

@@ -1,0 +1,58 @@
+"""``tfshard extract``: write some tensors of a model to .npz, .safetensors or .npy files."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import tfshard
+
+from ._common import (
+    EXIT_OK,
+    PATH_HELP,
+    add_command,
+    add_write_options,
+    print_written,
+    progress,
+)
+
+
+def run(args) -> int:
+    from tfshard import conversion
+    from tfshard.formats import open_source
+
+    if args.patterns:
+        # A pattern that matches nothing is most likely a typo: say so rather than write
+        # an empty file.
+        with open_source(args.path) as source:
+            names = source.names()
+        unmatched = [p for p in args.patterns
+                     if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unmatched:
+            raise tfshard.TensorNotFoundError(
+                f"no tensor of {args.path} matches {', '.join(map(repr, unmatched))} "
+                f"('tfshard ls' lists them)")
+    report = conversion.extract(args.path, args.output, args.patterns, fmt=args.format,
+                                overwrite=args.overwrite, progress=progress(args))
+    print_written(args, report, "extracted")
+    return EXIT_OK
+
+
+def add_parser(sub) -> None:
+    extract = add_command(
+        sub, "extract", run, "write some tensors to .npz, .safetensors or .npy files",
+        "Write the tensors of a model whose names match any PATTERN (all when none is given) "
+        "to one .npz or .safetensors file, or to a directory of .npy files (--format npy). "
+        "Names are made safe for .npy file names: nothing is written outside OUT. Patterns "
+        "are globs where '*' matches '/' too; a pattern that matches nothing is an error.",
+        ["tfshard extract train/ckpt-100 -o weights.npz",
+         "tfshard extract train/ckpt-100 'dense/*' -o dense.safetensors",
+         "tfshard extract train/ckpt-100 'bert/embeddings/*' -o emb/ --format npy"],
+        extra_dest="patterns")
+    extract.add_argument("path", metavar="PATH", help=PATH_HELP)
+    extract.add_argument("patterns", metavar="PATTERN", nargs="*",
+                         help="only tensors whose name matches one of these globs")
+    extract.add_argument("-o", "--output", metavar="OUT", required=True,
+                         help="the output file or (npy) directory")
+    extract.add_argument("--format", choices=("npz", "safetensors", "npy"),
+                         help="output format (default: told by OUT's name)")
+    add_write_options(extract)

@@ -1,0 +1,51 @@
+"""``tfshard verify``: check every checksum and index entry of a TF checkpoint."""
+
+from __future__ import annotations
+
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_command,
+    dump_json,
+    human_bytes,
+    plural,
+    progress,
+)
+
+
+def run(args) -> int:
+    from tfshard import conversion
+
+    report = conversion.verify(args.path, progress=progress(args))
+    if args.json:
+        dump_json({"path": args.path, "ok": report.ok, "checked": report.checked,
+                    "nbytes": report.nbytes,
+                    "problems": [{"name": n, "message": m} for n, m in report.problems],
+                    "notes": list(report.notes)})
+    else:
+        for name, message in report.problems:
+            print(f"BAD  {name}: {message}")
+        for note in report.notes:
+            print(f"note: {note}")
+        if report.ok:
+            print(f"OK: {plural(report.checked, 'tensor')} ({human_bytes(report.nbytes)}) "
+                  f"checked: {args.path}")
+        else:
+            print(f"FAILED: {len(report.problems)} of {plural(report.checked, 'tensor')} bad: "
+                  f"{args.path}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_parser(sub) -> None:
+    verify = add_command(
+        sub, "verify", run, "check every checksum of a TF checkpoint",
+        "Read every tensor of a TensorFlow checkpoint and check its CRC-32C and index entry, "
+        "reporting every bad tensor (not just the first) and notes about the checkpoint as a "
+        "whole. Exit status 1 when anything is wrong.",
+        ["tfshard verify train/ckpt-100",
+         "tfshard verify train/ --json"])
+    verify.add_argument("path", metavar="PATH",
+                        help="checkpoint prefix, its .index file, a data shard, or a directory "
+                             "with a 'checkpoint' state file")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
