@@ -482,6 +482,49 @@ class Checkpoint(Mapping):
             self._read_plain(i, name, e, True)
         return self._read_plain(i, name, e, verify and index is None, index)
 
+    def read_slice(self, name: str, extents, index=None, *, verify: bool | None = None):
+        """Read one stored slice of the partitioned tensor ``name``, or part of it.
+
+        Distributed loaders read the slices as stored, each worker only the part
+        it needs, rather than assembling the whole tensor first.
+
+        Parameters
+        ----------
+        name : str
+            A partitioned tensor (``info(name).slices`` is not empty).
+        extents : sequence of (start, length)
+            The slice, exactly as ``info(name).slices`` lists it.
+        index : numpy index, optional
+            Part of the slice, in the slice's own coordinates; only the bytes of
+            the selected elements are touched.
+        verify : bool, optional
+            As for :meth:`read`: the slice's CRC-32C is checked on whole reads
+            by default.
+
+        Returns
+        -------
+        numpy.ndarray
+            Read-only; a view of the memory map where the bytes allow.
+
+        Raises
+        ------
+        TensorNotFoundError
+            If there is no such tensor, or it has no stored slice ``extents``.
+        ChecksumMismatchError, CorruptCheckpointError
+            As for :meth:`read`.
+        """
+        self._check_open()
+        i = self._record(name)
+        full = self._entry(i, name)
+        extents = _stored_slice(self, name, self._table.slices(i) if full.num_slices else (),
+                                extents)
+        j, e, _ = self._slice_entry(name, full, extents)
+        if verify is None:
+            verify = self.verify and index is None
+        if index is not None and verify and j not in self._verified:
+            self._read_plain(j, name, e, True)
+        return self._read_plain(j, name, e, verify and index is None, index)
+
     def release(self, name: str) -> None:
         """Drop the pages holding ``name``'s bytes from this process's memory.
 
@@ -595,6 +638,23 @@ def _check_versions(path, v) -> None:
 
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
+
+
+def _stored_slice(ckpt, name: str, stored, extents) -> tuple:
+    """``extents`` as the matching entry of ``stored`` (the tensor's slices, empty
+    when it is not partitioned); TensorNotFoundError when there is none."""
+    stored = tuple(stored)
+    try:
+        wanted = tuple((int(start), int(length)) for start, length in extents)
+    except (TypeError, ValueError):
+        wanted = None
+    for s in stored:
+        if tuple(tuple(x) for x in s) == wanted:
+            return s
+    listed = ", ".join(spec(s) for s in stored[:8]) or "none: it is stored whole"
+    raise TensorNotFoundError(
+        f"tensor {name!r} in {ckpt.prefix} has no stored slice {extents!r} (its slices: "
+        f"{listed})", path=ckpt.prefix, key=name)
 
 
 # ---- module-level convenience functions ----------------------------------

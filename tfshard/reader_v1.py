@@ -24,7 +24,14 @@ from .errors import (
     UnsupportedError,
 )
 from .paths import resolve_prefix, v1_files
-from .reader import Checkpoint, TensorInfo, _check_versions, _encode, _normalize_rows
+from .reader import (
+    Checkpoint,
+    TensorInfo,
+    _check_versions,
+    _encode,
+    _normalize_rows,
+    _stored_slice,
+)
 from .slices import assemble, covering, prod, spec
 
 __all__ = ["V1Checkpoint"]
@@ -309,6 +316,18 @@ class V1Checkpoint(Checkpoint):
             if norm is not None:
                 rows, index = norm[:2], norm[2]
         arr = self._assemble(t, dt, rows)
+        return arr if index is None else arr[index]
+
+    def read_slice(self, name: str, extents, index=None, *, verify: bool | None = None):
+        """Read one stored slice of a partitioned tensor, or part of it (see
+        :meth:`tfshard.Checkpoint.read_slice`); V1 decodes the whole slice."""
+        self._check_open()
+        t = self._tensor(name)
+        dt = self._dtype(t, decoding=True)
+        extents = _stored_slice(self, name, self._slices(t), extents)
+        part = next(p for p in t.parts if p.extents == extents)
+        arr = self._decode(t, dt, part)
+        arr.flags.writeable = False
         return arr if index is None else arr[index]
 
     def release(self, name: str) -> None:

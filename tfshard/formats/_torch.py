@@ -35,6 +35,37 @@ def _import_torch():
     return torch
 
 
+def tensor_to_numpy(t):
+    """A numpy array sharing the memory of the CPU tensor ``t`` (any strides), in the
+    numpy dtype tfshard uses for ``t``'s TF dtype (ml_dtypes' bfloat16 and float8
+    types, which numpy and torch.Tensor.numpy lack).  ``t`` must not need grad.
+
+    Raises KeyError when the dtype has no TF equivalent.
+    """
+    torch = _import_torch()
+    t = t.resolve_conj().resolve_neg()
+    dt = dtypes.by_name(str(t.dtype).replace("torch.", ""))
+    if dt.name == "bfloat16":
+        return t.view(torch.int16).numpy().view(dt.numpy)
+    if dt.name.startswith("float8"):
+        return t.view(torch.uint8).numpy().view(dt.numpy)
+    return t.numpy()
+
+
+def numpy_to_tensor(arr):
+    """A CPU tensor sharing the memory of the writable numpy array ``arr`` (the
+    inverse of :func:`tensor_to_numpy`)."""
+    import numpy as np
+
+    torch = _import_torch()
+    name = arr.dtype.name
+    if name == "bfloat16":
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    if name.startswith("float8"):
+        return torch.from_numpy(arr.view(np.uint8)).view(getattr(torch, name))
+    return torch.from_numpy(arr)
+
+
 class _TorchSource(Source):
     """A ``torch.save``'d dict of tensors, loaded with ``weights_only=True`` (no
     arbitrary unpickling) and ``mmap=True`` (zero-copy, where the file is in
@@ -136,16 +167,7 @@ class _TorchSource(Source):
     def _read(self, name):
         import numpy as np
 
-        torch = _import_torch()
-        t = self._tensor(name).detach().resolve_conj().resolve_neg()
-        dt = dtypes.by_name(str(t.dtype).replace("torch.", ""))
-        if dt.name == "bfloat16":
-            arr = t.view(torch.int16).numpy().view(dt.numpy)
-        elif dt.name.startswith("float8"):
-            arr = t.view(torch.uint8).numpy().view(dt.numpy)
-        else:
-            arr = t.numpy()
-        arr = np.asarray(arr)
+        arr = np.asarray(tensor_to_numpy(self._tensor(name).detach()))
         arr.flags.writeable = False  # as every source's arrays: views of the file
         return arr
 
@@ -169,19 +191,12 @@ class _TorchSink(Sink):
     def _write(self, name, dt, shape, array):
         import numpy as np
 
-        torch = self._torch
         arr = self._array(name, dt, shape, array)
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             # torch.from_numpy shares memory: a read-only map must not become a
             # writable tensor, and torch cannot take negative strides.
             arr = np.array(arr, order="C", copy=True)
-        if dt.name == "bfloat16":
-            t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-        elif dt.name.startswith("float8"):
-            t = torch.from_numpy(arr.view(np.uint8)).view(getattr(torch, dt.name))
-        else:
-            t = torch.from_numpy(arr)
-        self._tensors[name] = t
+        self._tensors[name] = numpy_to_tensor(arr)
 
     def _commit(self):
         self._created_dirs = _make_dirs(os.path.dirname(self.path))
