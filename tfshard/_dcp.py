@@ -42,7 +42,7 @@ from torch.futures import Future
 
 from . import dtypes
 from ._util import TEMP_MARK, remove_file, temp_name
-from .conversion import _refuse_collisions, _rename_all, parse_rules
+from .conversion import rename_map
 from .errors import InvalidTensorError, UnsupportedError
 from .formats._torch import numpy_to_tensor, tensor_to_numpy
 from .parts import merge_parts
@@ -73,27 +73,6 @@ class _Stored(NamedTuple):
 
     name: str
     extents: tuple | None
-
-
-def _rename_map(names: list, rename) -> dict:
-    """``{tf name: state-dict key}``; a callable may return None to leave a name out."""
-    if rename is None:
-        return {n: n for n in names}
-    if callable(rename):
-        mapping = {}
-        for name in names:
-            key = rename(name)
-            if key is None:
-                continue
-            if not isinstance(key, str) or not key:
-                raise InvalidTensorError(f"rename({name!r}) returned {key!r}; expected a "
-                                         f"non-empty str or None", key=name)
-            mapping[name] = key
-        _refuse_collisions(mapping)
-        return mapping
-    if isinstance(rename, (str, bytes)):
-        rename = [rename]
-    return _rename_all(names, parse_rules(rename))
 
 
 def _copy_into(target: torch.Tensor, src: np.ndarray, name: str, path: str) -> None:
@@ -248,7 +227,7 @@ class DCPReader(StorageReader):
                 infos[info.name] = info
             else:
                 self.skipped.append((info.name, f"dtype {info.dtype} has no torch type"))
-        keys = _rename_map(list(infos), self.rename)
+        keys = rename_map(list(infos), self.rename)
         tensors, storage = {}, {}
         for name, key in keys.items():
             info = infos[name]

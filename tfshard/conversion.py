@@ -104,6 +104,29 @@ def _rename_all(names: list, rules: list) -> dict:
     return mapping
 
 
+def rename_map(names: list, rename) -> dict:
+    """``{name: new name}`` for the ``rename`` option of the framework loaders: None
+    (names kept), ``"REGEX=REPL"`` rules as for :func:`rename`, or a callable
+    ``name -> str | None`` (None leaves the name out).  Two names made one are refused."""
+    if rename is None:
+        return {n: n for n in names}
+    if callable(rename):
+        mapping = {}
+        for name in names:
+            key = rename(name)
+            if key is None:
+                continue
+            if not isinstance(key, str) or not key:
+                raise InvalidTensorError(f"rename({name!r}) returned {key!r}; expected a "
+                                         f"non-empty str or None", key=name)
+            mapping[name] = key
+        _refuse_collisions(mapping)
+        return mapping
+    if isinstance(rename, str):
+        rename = [rename]
+    return _rename_all(names, parse_rules(rename))
+
+
 def _refuse_collisions(mapping: dict):
     targets: dict = {}
     for old, new in mapping.items():
