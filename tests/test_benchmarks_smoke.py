@@ -148,3 +148,32 @@ def test_bench_restore_quick(tmp_path):
             assert row["tfshard"] is not None and row["ratio"] is not None, row
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+
+
+DISTRIBUTED_CASES = ("dcp_bytes", "dcp_load", "jax_time", "jax_rss", "jax_time_1proc",
+                     "jax_rss_1proc")
+DISTRIBUTED_INFO_CASES = {"jax_time", "jax_time_1proc", "jax_rss_1proc"}
+
+
+def test_bench_distributed_help():
+    _check_help("bench_distributed.py", DISTRIBUTED_CASES)
+
+
+def test_bench_distributed_quick(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    if not _importable(tmp_path, "import tfshard.torch, tfshard.jax"):
+        pytest.skip("tfshard.torch / tfshard.jax are not importable outside the source tree")
+    work = tmp_path / "work"
+    # Two ranks instead of four keep the smoke test short; the script is the same.
+    output, rows = _run_quick("bench_distributed.py", DISTRIBUTED_CASES, tmp_path,
+                              "--workdir", work, "--ranks", 2,
+                              statuses=("PASS", "MISS", "INFO"))
+    for case, row in rows.items():
+        expected = {"INFO"} if case in DISTRIBUTED_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert None not in (row["tfshard"], row["baseline"], row["ratio"]), row
+    per_rank = rows["dcp_bytes"]["detail"]["per_rank"]
+    assert len(per_rank) == 2 and sum(per_rank) == rows["dcp_bytes"]["detail"]["total"], output
+    # Only the cached inputs remain: the workers' scratch directories are removed.
+    assert all(p.name.startswith("distributed_") for p in work.iterdir()), list(work.iterdir())

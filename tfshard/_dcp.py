@@ -68,11 +68,13 @@ _TF_DTYPES = {t: name for name, t in _TORCH_DTYPES.items() if not name.startswit
 
 
 class _Stored(NamedTuple):
-    """Where one DCP chunk lives: the TF tensor and, for a partitioned one, the
-    stored slice (its extents as the index lists them)."""
+    """Where one DCP chunk lives: the TF tensor, the stored slice of a partitioned
+    one (its extents as the index lists them; None for a plain tensor) and the
+    shape of what is stored."""
 
     name: str
     extents: tuple | None
+    shape: tuple
 
 
 def _copy_into(target: torch.Tensor, src: np.ndarray, name: str, path: str) -> None:
@@ -177,6 +179,7 @@ class DCPReader(StorageReader):
     def read_data(self, plan: LoadPlan, planner) -> Future:
         ckpt = self._checkpoint()
         self.bytes_read = 0
+        touched = set()
         for req in plan.items:
             stored = self._storage.get(req.storage_index)
             if stored is None:
@@ -189,6 +192,11 @@ class DCPReader(StorageReader):
             _copy_into(target, src, stored.name, self.path)
             planner.commit_tensor(req, target)
             self.bytes_read += src.nbytes
+            touched.add(stored.name)
+        # The values now live in the state dict: let the mapped pages go, so the
+        # process does not also keep its part of the checkpoint resident.
+        for name in touched:
+            ckpt.release(name)
         fut: Future = Future()
         fut.set_result(None)
         return fut
@@ -246,7 +254,8 @@ class DCPReader(StorageReader):
                 offsets = torch.Size(lo for lo, _ in box)
                 chunks.append(ChunkStorageMetadata(offsets=offsets,
                                                    sizes=torch.Size(hi - lo for lo, hi in box)))
-                storage[MetadataIndex(key, offsets)] = _Stored(name, extents)
+                storage[MetadataIndex(key, offsets)] = _Stored(
+                    name, extents, tuple(hi - lo for lo, hi in box))
             tensors[key] = TensorStorageMetadata(
                 properties=TensorProperties(dtype=_TORCH_DTYPES[info.dtype]),
                 size=torch.Size(info.shape), chunks=chunks)
@@ -258,11 +267,7 @@ class DCPReader(StorageReader):
     def _read(self, ckpt: Checkpoint, stored: _Stored, offsets, lengths) -> np.ndarray:
         """The region ``offsets``/``lengths`` of one stored tensor or slice, as a view
         of the map where the bytes allow (only the region's elements are touched)."""
-        if stored.extents is None:
-            shape = ckpt.info(stored.name).shape
-        else:
-            shape = tuple(length for _, length in stored.extents)
-        whole = all(o == 0 and n == d for o, n, d in zip(offsets, lengths, shape))
+        whole = all(o == 0 and n == d for o, n, d in zip(offsets, lengths, stored.shape))
         index = None if whole else tuple(slice(o, o + n) for o, n in zip(offsets, lengths))
         if stored.extents is None:
             return ckpt.read(stored.name, index)

@@ -148,6 +148,10 @@ def load(path, shardings, *, rename=None, verify: bool = True) -> dict:
                 raise InvalidTensorError(
                     f"tensor {key!r} ({info.dtype} {list(info.shape)}) cannot take the sharding "
                     f"{sharding}: {exc}", key=key) from exc
+            # Shards JAX copied need the mapped pages no more, and shards it kept as
+            # views of the map fault them back in when read: either way the process
+            # keeps at most one tensor's pages of the file resident.
+            ckpt.release(name)
         if skipped:
             warnings.warn(f"{ckpt.prefix}: left out {len(skipped)} string or variant tensor(s), "
                           f"which JAX cannot hold: {', '.join(skipped[:10])}", stacklevel=2)
