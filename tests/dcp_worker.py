@@ -124,7 +124,6 @@ def load_cases(golden: Path, mesh, checks: Checks, stats: dict):
         "scalar_int64": ("scalar_int64", None),
         "t_bool": ("t_bool", [Shard(1)]),
         "t_uint16": ("t_uint16", None),
-        "t_qint8": ("t_qint8", [Shard(0)]),          # quantized: plain int8 values
         "t_float8_e4m3fn": ("t_float8_e4m3fn", [Shard(1)]),
         "empty_float32": ("empty_float32", [Shard(0)]),  # [0, 3]: no rank holds anything
     }))

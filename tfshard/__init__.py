@@ -49,6 +49,9 @@ __all__ = [
     "WriterClosedError",
     "OutputExistsError",
     "RestoreError",
+    "load_checkpoint",
+    "CheckpointReader",
+    "safe_open",
     "convert",
     "extract",
     "merge",
@@ -63,11 +66,15 @@ __all__ = [
 _LAZY = {
     "save": "writer", "CheckpointWriter": "writer", "DEFAULT_ALIGNMENT": "writer",
     "CheckpointManager": "manager", "merge_parts": "parts",
+    "load_checkpoint": "checkpoint_reader", "CheckpointReader": "checkpoint_reader",
+    "safe_open": "frameworks",
     **{name: "conversion" for name in
        ("convert", "extract", "merge", "rename", "strip", "diff", "verify")},
 }
 
 if TYPE_CHECKING:
+    from .checkpoint_reader import CheckpointReader, load_checkpoint  # noqa: F401
+    from .frameworks import safe_open  # noqa: F401
     from .conversion import convert, diff, extract, merge, rename, strip, verify  # noqa: F401
     from .manager import CheckpointManager  # noqa: F401
     from .parts import merge_parts  # noqa: F401

@@ -44,6 +44,7 @@ from . import dtypes
 from ._util import TEMP_MARK, remove_file, temp_name
 from .conversion import rename_map
 from .errors import InvalidTensorError, UnsupportedError
+from .formats._base import _TORCH_TYPES
 from .formats._torch import numpy_to_tensor, tensor_to_numpy
 from .parts import merge_parts
 from .paths import index_filename, resolve_prefix
@@ -53,18 +54,12 @@ from .writer import DEFAULT_ALIGNMENT, CheckpointWriter
 
 __all__ = ["DCPReader", "DCPWriter"]
 
-# TF dtype -> torch dtype.  TF's quantized types hold plain integers (no scale
-# or zero point), which is also what TF's own reader returns for them.
-_TORCH_DTYPES = {
-    name: getattr(torch, name) for name in (
-        "float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
-        "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz")
-}
-_TORCH_DTYPES.update({"qint8": torch.int8, "quint8": torch.uint8, "qint16": torch.int16,
-                      "quint16": torch.uint16, "qint32": torch.int32})
-# torch dtype -> the TF dtype a writer stores it as (quantized types never).
-_TF_DTYPES = {t: name for name, t in _TORCH_DTYPES.items() if not name.startswith("q")}
+# TF dtype name -> torch dtype, for the dtypes torch holds (torch names them as TF
+# does).  Quantized TF types are left out, as tfshard.torch.load_file leaves them:
+# a checkpoint records no scale or zero point for them.
+_TORCH_DTYPES = {name: getattr(torch, name) for name in _TORCH_TYPES}
+# torch dtype -> the TF dtype a writer stores it as.
+_TF_DTYPES = {t: name for name, t in _TORCH_DTYPES.items()}
 
 
 class _Stored(NamedTuple):
@@ -122,8 +117,9 @@ class DCPReader(StorageReader):
         Tensor bytes this rank copied out of the data files in the last
         ``read_data`` (the elements of its read items, counted as they are read).
     skipped : list of (str, str)
-        Tensors the storage metadata leaves out, with the reason: dtypes torch
-        has no type for (strings, variants, 4-bit and 2-bit types).
+        Tensors the storage metadata leaves out, with the reason, as
+        :func:`tfshard.torch.load_file` refuses them: strings and variants,
+        quantized types (no scale or zero point is recorded), 4- and 2-bit types.
 
     Raises
     ------
@@ -228,13 +224,16 @@ class DCPReader(StorageReader):
 
     def _build_metadata(self) -> Metadata:
         ckpt = self._checkpoint()
+        from .torch import _unsupported_reason  # the rule tfshard.torch.load_file follows
+
         self.skipped = []
         infos = {}
         for info in ckpt.infos():
             if info.dtype in _TORCH_DTYPES:
                 infos[info.name] = info
             else:
-                self.skipped.append((info.name, f"dtype {info.dtype} has no torch type"))
+                why = _unsupported_reason(dtypes.by_name(info.dtype))
+                self.skipped.append((info.name, f"{info.dtype}: {why}"))
         keys = rename_map(list(infos), self.rename)
         tensors, storage = {}, {}
         for name, key in keys.items():

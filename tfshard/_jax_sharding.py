@@ -10,14 +10,14 @@ shards, and no process ever holds a whole tensor it does not keep.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import jax
 
 from . import dtypes
 from .conversion import rename_map
-from .errors import InvalidTensorError, TensorNotFoundError, TFShardError, UnsupportedError
+from .errors import InvalidTensorError, TensorNotFoundError, TFShardError
+from .frameworks import select
 from .reader import Checkpoint
 from .slices import assemble, bounds, covering
 
@@ -71,11 +71,17 @@ class _Regions:
         return value
 
 
-def load(path, shardings, *, rename=None, verify: bool = True) -> dict:
+def load(path, shardings, *, rename=None, verify: bool = True,
+         skip_unsupported: bool = False) -> dict:
     """Read a TensorFlow checkpoint into ``jax.Array`` values with the given shardings.
 
     >>> mesh = jax.make_mesh((2, 4), ("data", "model"))               # doctest: +SKIP
     >>> params = tfshard.jax.load("train/ckpt-100", NamedSharding(mesh, P(None, "model")))
+
+    Each array is built with ``jax.make_array_from_callback``, which asks this
+    process only for the index ranges of its own (addressable) devices; each
+    range is read straight from the memory-mapped files, and devices holding
+    the same range share one read.
 
     Parameters
     ----------
@@ -91,34 +97,37 @@ def load(path, shardings, *, rename=None, verify: bool = True) -> dict:
         ``"REGEX=REPLACEMENT"`` rules applied in order (as ``tfshard rename``),
         or a callable ``name -> new name or None``.
     verify : bool
-        Check the CRC-32C of each tensor (or stored slice) a process reads whole.
+        Check the CRC-32C of each tensor (or stored slice) a process reads whole
+        (a range cannot be checked against a checksum of the whole tensor).
+    skip_unsupported : bool
+        Leave out tensors JAX cannot hold instead of raising.
 
     Returns
     -------
     dict
-        ``{name: jax.Array}``, each with exactly the sharding asked for.  On CPU
-        devices JAX may keep a shard as a view of the memory-mapped file instead
-        of a copy.
+        ``{name: jax.Array}``, each with exactly the sharding asked for, in
+        checkpoint key order; the object graph (restore metadata) is left out.
+        On CPU devices JAX may keep a shard as a view of the memory-mapped file
+        instead of a copy.
 
     Raises
     ------
+    UnsupportedError
+        Before anything is read, naming the tensors JAX cannot hold (strings,
+        quantized types, and 64-bit types unless ``jax_enable_x64`` is on), as
+        :func:`load_file` does, unless ``skip_unsupported``.
     TensorNotFoundError
         If the mapping names a tensor the checkpoint does not hold.
     InvalidTensorError
         If a sharding does not fit its tensor, or ``rename`` merges two names.
-    UnsupportedError, CorruptCheckpointError, CheckpointNotFoundError
+    CorruptCheckpointError, CheckpointNotFoundError
         As for :func:`tfshard.open` and :meth:`tfshard.Checkpoint.read`.
-
-    Notes
-    -----
-    String and variant tensors have no JAX type: with one sharding or a
-    callable they are left out (with a warning); a mapping that names one
-    raises :class:`~tfshard.UnsupportedError`.
     """
+    from .jax import FRAMEWORK   # the dtype rules of load_file (imported once it exists)
+
     out = {}
     with Checkpoint(path, verify=verify) as ckpt:
-        infos = {info.name: info for info in ckpt.infos()}
-        keys = rename_map(list(infos), rename)
+        keys = rename_map(list(ckpt), rename)
         if isinstance(shardings, Mapping):
             by_key = {key: name for name, key in keys.items()}
             missing = [k for k in shardings if k not in by_key]
@@ -127,15 +136,11 @@ def load(path, shardings, *, rename=None, verify: bool = True) -> dict:
                     f"{ckpt.prefix} holds no tensor {', '.join(map(repr, missing[:10]))} (after "
                     f"renaming, if any)", path=ckpt.prefix, key=missing[0])
             keys = {by_key[k]: k for k in shardings}
-        skipped = []
-        for name, key in keys.items():
-            info = infos[name]
+        infos = select(ckpt, FRAMEWORK, exclude=lambda name: name not in keys,
+                       skip_unsupported=skip_unsupported)
+        for info in infos:
+            key = keys[info.name]
             dt = dtypes.by_name(info.dtype)
-            if dt.kind in (dtypes.STRING, dtypes.VARIANT):
-                if isinstance(shardings, Mapping):
-                    raise _unsupported(ckpt, name, info)
-                skipped.append(name)
-                continue
             sharding = _sharding_for(shardings, key, info, dt.numpy)
             if sharding is None:
                 continue
@@ -151,13 +156,5 @@ def load(path, shardings, *, rename=None, verify: bool = True) -> dict:
             # Shards JAX copied need the mapped pages no more, and shards it kept as
             # views of the map fault them back in when read: either way the process
             # keeps at most one tensor's pages of the file resident.
-            ckpt.release(name)
-        if skipped:
-            warnings.warn(f"{ckpt.prefix}: left out {len(skipped)} string or variant tensor(s), "
-                          f"which JAX cannot hold: {', '.join(skipped[:10])}", stacklevel=2)
+            ckpt.release(info.name)
     return out
-
-
-def _unsupported(ckpt, name, info):
-    return UnsupportedError(f"{ckpt.prefix}: tensor {name!r} is a {info.dtype} tensor, which JAX "
-                            f"cannot hold", path=ckpt.prefix, key=name)

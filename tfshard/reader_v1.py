@@ -31,6 +31,7 @@ from .reader import (
     _encode,
     _normalize_rows,
     _stored_slice,
+    _writable,
 )
 from .slices import assemble, covering, prod, spec
 
@@ -271,7 +272,8 @@ class V1Checkpoint(Checkpoint):
         return assemble(region, boxes, pieces, values,
                         dt.numpy if dt.kind != dtypes.STRING else object)
 
-    def read(self, name: str, index=None, *, verify: bool | None = None):
+    def read(self, name: str, index=None, *, verify: bool | None = None,
+             writable: bool = False):
         """Read tensor ``name``, or the part of it selected by ``index``.
 
         Parameters
@@ -283,11 +285,13 @@ class V1Checkpoint(Checkpoint):
             stored slices that intersect it.
         verify : bool, optional
             Accepted for API compatibility; V1 has no per-tensor checksum.
+        writable : bool
+            Return the decoded copy writable.
 
         Returns
         -------
         numpy.ndarray
-            A read-only array (a decoded copy).
+            A decoded copy, read-only unless ``writable``.
 
         Raises
         ------
@@ -316,7 +320,8 @@ class V1Checkpoint(Checkpoint):
             if norm is not None:
                 rows, index = norm[:2], norm[2]
         arr = self._assemble(t, dt, rows)
-        return arr if index is None else arr[index]
+        arr = arr if index is None else arr[index]
+        return _writable(arr) if writable else arr
 
     def read_slice(self, name: str, extents, index=None, *, verify: bool | None = None):
         """Read one stored slice of a partitioned tensor, or part of it (see
