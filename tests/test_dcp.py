@@ -182,6 +182,18 @@ def test_dcp_load_single_process_equals_checkpoint(case):
     assert reader.bytes_read == sum(ref[k].nbytes for k in sd)
 
 
+def test_dcp_load_from_a_legacy_v1_checkpoint():
+    path = TESTS / "data" / "v1" / "partitioned"
+    reader = DCPReader(path)
+    md = reader.read_metadata()
+    assert len(md.state_dict_metadata["dense/kernel"].chunks) == 3    # V1 slices, as stored
+    sd = _empty_state(reader)
+    dcp.load(sd, storage_reader=reader)
+    ref = tfshard.load(path)
+    for key, value in sd.items():
+        assert np.array_equal(value.numpy(), ref[key]), key
+
+
 def test_dcp_load_into_nested_state_dict_with_rename_rules():
     reader = DCPReader(GOLDEN / "partitioned" / "model.ckpt",
                        rename=[r"^dense/(.*)$=model.dense.\1", r"^global_step$=step"])

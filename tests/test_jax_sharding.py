@@ -127,9 +127,10 @@ def test_one_sharding_for_all(mesh, model):
         assert np.asarray(out[name]).tobytes() == value.tobytes()
 
 
+@pytest.mark.parametrize("path", [GOLDEN / "partitioned" / "model.ckpt",
+                                  TESTS / "data" / "v1" / "partitioned"], ids=["v2", "v1"])
 @pytest.mark.parametrize("spec", [P("a", None), P(None, "a"), P(None, "b"), P()], ids=str)
-def test_tf1_partitioned_variables_read_by_region(spec, mesh, x64, regions):
-    path = GOLDEN / "partitioned" / "model.ckpt"
+def test_tf1_partitioned_variables_read_by_region(spec, path, mesh, x64, regions):
     ref = tfshard.load(path)
     sharding = NamedSharding(mesh, spec)
     names = [n for n in ("dense/kernel", "cols") if _fits(spec, ref[n].shape, mesh)]
