@@ -56,8 +56,8 @@ def assert_reader_matches_tensorflow(prefix):
                 assert d.as_numpy_dtype == t.as_numpy_dtype, (name, d.as_numpy_dtype)
             assert d == t and t == d and tf.as_dtype(d) == t, name
             assert d.is_quantized == t.is_quantized and d.is_floating == t.is_floating, name
-            assert (d.is_integer, d.is_complex, d.is_bool) == \
-                (t.is_integer, t.is_complex, t.is_bool), name
+            assert (d.is_integer, d.is_complex, d.is_bool, d.is_unsigned, d.size) == \
+                (t.is_integer, t.is_complex, t.is_bool, t.is_unsigned, t.size), name
         for name in shapes:
             assert ours.has_tensor(name) and name in ours
             try:
@@ -158,10 +158,13 @@ def test_dtype_objects_compare_and_hash_like_their_names():
     with tfshard.load_checkpoint(GOLDEN_DIR / "dtypes" / "ckpt") as r:
         dm = r.get_variable_to_dtype_map()
     assert dm["scalar_float32"] == "float32" and dm["scalar_float32"] != "float64"
+    assert dm["scalar_float32"] == np.float32 and dm["scalar_float32"] == np.dtype("float32")
+    assert dm["scalar_bfloat16"] == ml_dtypes.bfloat16 and dm["scalar_qint8"] != np.int8
     assert {dm["scalar_float32"]: 1}.get("float32") == 1
     assert dm["scalar_qint8"].as_numpy_dtype == np.dtype([("qint8", "i1")])
     assert dm["scalar_bfloat16"].as_numpy_dtype is ml_dtypes.bfloat16
     assert isinstance(dm["scalar_uint4"], DType) and dm["scalar_uint4"].is_unsigned
+    assert not dm["scalar_quint8"].is_unsigned and dm["scalar_quint8"].is_quantized
     assert repr(dm["scalar_int4"]) == "<dtype: 'int4'>"
 
 

@@ -29,7 +29,8 @@ class DType:
     """A tensor's dtype as TensorFlow's reader reports it (a stand-in for ``tf.DType``).
 
     Compares equal to the ``tf.DType`` of the same type, to another
-    :class:`DType` of it and to its name (``reader_dtype == "float32"``), and
+    :class:`DType` of it, to its name (``reader_dtype == "float32"``) and to its
+    numpy type (``numpy.float32``; a quantized type to none, as in TF), and
     hashes like its name, so ``tf.as_dtype(d)`` and ``tf.float32 == d`` work
     where TensorFlow is installed.
 
@@ -95,12 +96,12 @@ class DType:
 
     @property
     def is_unsigned(self) -> bool:
-        return self._dt.name.startswith(("uint", "quint")) or self._dt.name == "bool"
+        return self._dt.name.startswith("uint")  # as TF: not bool, not the quantized types
 
     @property
     def size(self) -> int:
-        """Bytes per element as TF counts them (1 for sub-byte types; TF's 8 for
-        strings and variants is not meaningful here, so 0)."""
+        """Bytes per element, as ``tf.DType.size``: 1 for sub-byte types, 0 for strings
+        and variants."""
         return self._dt.itemsize
 
     def __eq__(self, other) -> bool:
@@ -111,6 +112,13 @@ class DType:
         code = getattr(other, "as_datatype_enum", None)  # tf.DType
         if isinstance(code, int):
             return code == self._dt.code
+        import numpy as np
+
+        if isinstance(other, (type, np.dtype)):  # numpy.float32, ml_dtypes.bfloat16...
+            try:
+                return np.dtype(other).name == self._dt.name
+            except TypeError:
+                pass
         return NotImplemented
 
     def __ne__(self, other) -> bool:
@@ -209,7 +217,7 @@ class CheckpointReader:
 
     def get_variable_to_shape_map(self) -> dict:
         """``{name: [dim, ...]}`` of every tensor, as TF's reader returns it."""
-        return dict(self._ckpt._shapes())
+        return {info.name: list(info.shape) for info in self._ckpt.infos()}
 
     def get_variable_to_dtype_map(self) -> dict:
         """``{name: DType}`` of every tensor (see :class:`DType`)."""
