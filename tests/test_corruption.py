@@ -34,7 +34,7 @@ import crc32c
 import ml_dtypes
 import numpy as np
 import pytest
-from helpers import tensor_sha256
+from helpers import SHARED_CORPUS, corpus_missing_reason, tensor_sha256
 
 import bundle_builder as bb
 import tfshard

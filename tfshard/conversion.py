@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import dtypes
-from .errors import CorruptCheckpointError, InvalidTensorError
+from .errors import CorruptCheckpointError, InvalidTensorError, NothingSelectedError
 from .objectgraph import OBJECT_GRAPH_KEY, model_keys, serialized_graph, without_keys
-from .formats import create_sink, detect_format, open_source
+from .formats import create_sink, detect_format, open_source, unsupported
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
            "ConvertReport", "DiffReport", "VerifyReport", "parse_rules"]
@@ -45,6 +45,9 @@ class ConvertReport:
     tensors : int
     nbytes : int
         Bytes of tensor data read from the inputs.
+    written_bytes : int
+        Bytes of tensor data written (less than ``nbytes`` after a cast to a
+        narrower dtype).
     outputs : list of str
         Files written.
     mapping : dict
@@ -53,14 +56,19 @@ class ConvertReport:
         Input tensors not written (filtered out, stripped, or lost to a conflict).
     dropped_bytes : int
         Bytes of the dropped tensors (computed by :func:`strip`).
+    skipped : list of (str, str)
+        With ``skip_unsupported``: ``(name, reason)`` of each tensor the output
+        format cannot hold, left out.
     """
 
     tensors: int = 0
     nbytes: int = 0
+    written_bytes: int = 0
     outputs: list = field(default_factory=list)
     mapping: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)
     dropped_bytes: int = 0
+    skipped: list = field(default_factory=list)
 
 
 # ---- rules -------------------------------------------------------------------
@@ -110,11 +118,20 @@ def _refuse_collisions(mapping: dict):
         targets.setdefault(new, []).append(old)
     clashes = {new: olds for new, olds in targets.items() if len(olds) > 1}
     if clashes:
-        listed = "; ".join(f"{new!r} <- {', '.join(map(repr, olds))}"
-                           for new, olds in sorted(clashes.items())[:20])
-        more = f" (and {len(clashes) - 20} more)" if len(clashes) > 20 else ""
         raise InvalidTensorError(f"{len(clashes)} output name(s) would be produced by several "
-                                 f"tensors: {listed}{more}")
+                                 f"tensors: {_first_few(sorted(clashes.items()), _clash)}")
+
+
+def _clash(item) -> str:
+    new, olds = item
+    return f"{new!r} <- {_first_few(olds, repr, 3)}"
+
+
+def _first_few(items: list, show, n: int = 5) -> str:
+    """The first ``n`` items, then how many more: messages stay readable whatever the
+    model's size."""
+    shown = ", ".join(show(item) for item in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _selected(name: str, include, exclude) -> bool:
@@ -152,7 +169,7 @@ class _Progress:
 # ---- the one copy loop ---------------------------------------------------------
 
 def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, progress,
-          report: ConvertReport) -> ConvertReport:
+          report: ConvertReport, skip_unsupported: bool = False) -> ConvertReport:
     """Write ``jobs`` — ``(source, name, out_name)`` in output order — to ``dst``."""
     cast = None
     if dtype is not None:
@@ -164,32 +181,62 @@ def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, prog
         if cast.name not in _FLOATING:
             raise InvalidTensorError(f"--dtype casts floating tensors only, to one of "
                                      f"{sorted(_FLOATING)}; got {dtype!r}")
-    plan, stored_dtypes, sizes = [], [], []
-    for source, name, out_name in jobs:
+    fmt = dst_format or detect_format(dst, for_output=True)
+    plan, kept, stored_dtypes, sizes = [], [], [], []
+    for job in jobs:
+        source, name, out_name = job
         stored, shape = source.info(name)
-        plan.append((out_name, cast.name if cast and stored in _FLOATING else stored, shape))
+        out_dtype = cast.name if cast and stored in _FLOATING else stored
+        if skip_unsupported:
+            problem = unsupported(fmt, out_name, out_dtype)
+            if problem:
+                report.skipped.append((name, problem))
+                continue
+        plan.append((out_name, out_dtype, shape))
+        kept.append(job)
         stored_dtypes.append(stored)
         sizes.append(source.nbytes(name))
-    bar = _Progress(sum(sizes), "writing", progress)
-    try:
-        with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
-                         overwrite=overwrite) as sink:
+    if not plan and report.skipped:
+        raise NothingSelectedError(f"nothing to write: the {fmt} format can hold none of the "
+                                   f"selected tensors; no output was created", path=dst)
+    total = sum(sizes)
+    with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
+                     overwrite=overwrite) as sink:
+        # A format written at commit (torch) shows reading and then its writing.
+        bar = _Progress(2 * total if sink.writes_at_commit else total, "writing", progress)
+        try:
             for (source, name, out_name), (_, out_dtype, _), stored, nbytes in zip(
-                    jobs, plan, stored_dtypes, sizes):
+                    kept, plan, stored_dtypes, sizes):
                 array = source.read(name)
                 if out_dtype != stored:
                     array = array.astype(cast.numpy)
                 sink.add(out_name, array, out_dtype)
                 report.tensors += 1
                 report.nbytes += nbytes
+                report.written_bytes += array.nbytes if out_dtype != stored else nbytes
                 report.mapping[name] = out_name
                 del array
                 source.release(name)  # its pages may go now: memory stays near one tensor
                 bar.update(nbytes)
-            report.outputs = sink.commit()
-    finally:
-        bar.close()
+            report.outputs = sink.commit(on_write=bar.update)
+        finally:
+            bar.close()
     return report
+
+
+def _select(names, include, exclude, where: str) -> list:
+    """The names ``include``/``exclude`` keep; refuses a selection of nothing, and an
+    ``include`` pattern that matches no name (most likely a typo)."""
+    include, exclude = list(include or ()), list(exclude or ())
+    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise NothingSelectedError(f"no tensor of {where} matches {_first_few(unmatched, repr)} "
+                                   f"('tfshard ls' lists them); nothing was written", path=where)
+    kept = [n for n in names if _selected(n, include, exclude)]
+    if not kept and names:
+        raise NothingSelectedError(f"nothing to write: the patterns leave out every tensor of "
+                                   f"{where}; nothing was written", path=where)
+    return kept
 
 
 # ---- operations ----------------------------------------------------------------
@@ -197,7 +244,7 @@ def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, prog
 def convert(src, dst, *, src_format: str | None = None, dst_format: str | None = None,
             dtype: str | None = None, include: Iterable[str] = (), exclude: Iterable[str] = (),
             rename: Iterable = (), max_shard_size: int | None = None, overwrite: bool = False,
-            progress: bool | None = False) -> ConvertReport:
+            progress: bool | None = False, skip_unsupported: bool = False) -> ConvertReport:
     """Convert a model between formats: TF checkpoint, safetensors, ``.npz``, PyTorch.
 
     Parameters
@@ -213,8 +260,10 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
     include, exclude : iterable of str
         Glob patterns on tensor names (``fnmatch``, ``*`` matches ``/`` too); with
         ``include`` only matching tensors are kept; ``exclude`` then drops some.
-        Outside TF checkpoints, a TF2 checkpoint's ``_CHECKPOINTABLE_OBJECT_GRAPH``
-        (TF's restore metadata) is always dropped.
+        An ``include`` pattern that matches nothing, or patterns that leave
+        nothing, are refused before anything is written.  Outside TF checkpoints,
+        a TF2 checkpoint's ``_CHECKPOINTABLE_OBJECT_GRAPH`` (TF's restore
+        metadata) is always dropped.
     rename : iterable of str or (regex, replacement)
         ``"REGEX=REPLACEMENT"`` rules applied in order with ``re.sub``; names are
         kept as they are unless a rule matches.
@@ -224,6 +273,10 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
         Replace an existing output (otherwise :class:`~tfshard.OutputExistsError`).
     progress : bool or None
         Show a progress bar on stderr; None: only when stderr is a terminal.
+    skip_unsupported : bool
+        Leave out the tensors the output format cannot hold (strings or
+        complex128 in safetensors...) and list them in the report's
+        ``skipped``, instead of refusing the conversion.
 
     Returns
     -------
@@ -231,33 +284,43 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
 
     Raises
     ------
+    NothingSelectedError
+        ``include``/``exclude`` select no tensor (nothing is written).
     InvalidTensorError
         Bad rules, or rules that map two tensors to one name.
     UnsupportedError
-        A tensor the output format cannot hold (before anything is written).
+        A tensor the output format cannot hold (before anything is written),
+        unless ``skip_unsupported``.
     """
     rules = parse_rules(rename)
     report = ConvertReport()
     to_tf = (dst_format or detect_format(dst, for_output=True)) == "tf"
     with open_source(src, src_format) as source:
-        names = []
-        for name in source.names():
-            keep = _selected(name, include, exclude) and (to_tf or name != OBJECT_GRAPH_KEY)
-            (names if keep else report.dropped).append(name)
+        every = source.names()
+        selected = _select(every, include, exclude, source.path)
+        names = [n for n in selected if to_tf or n != OBJECT_GRAPH_KEY]
+        if selected and not names:
+            raise NothingSelectedError(f"nothing to write: {OBJECT_GRAPH_KEY} (TF's restore "
+                                       f"metadata) is all that was selected, and only TF "
+                                       f"checkpoints keep it", path=source.path)
+        kept = set(names)
+        report.dropped = [n for n in every if n not in kept]
         mapping = _rename_all(names, rules)
         jobs = [(source, name, mapping[name]) for name in names]
         return _copy(jobs, dst, dst_format=dst_format, dtype=dtype,
                      max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
-                     report=report)
+                     report=report, skip_unsupported=skip_unsupported)
 
 
 def extract(src, out, patterns: Iterable[str] = (), *, fmt: str | None = None,
-            overwrite: bool = False, progress: bool | None = False) -> ConvertReport:
+            overwrite: bool = False, progress: bool | None = False,
+            skip_unsupported: bool = False) -> ConvertReport:
     """Write the tensors of ``src`` matching ``patterns`` (all when empty) to ``out``:
     an ``.npz``, a ``.safetensors`` file, or (``fmt="npy"``) a directory of ``.npy``
-    files whose names are made safe (nothing is written outside ``out``)."""
+    files whose names are made safe (nothing is written outside ``out``).  A pattern
+    that matches nothing is refused, as in :func:`convert`."""
     return convert(src, out, dst_format=fmt, include=list(patterns), overwrite=overwrite,
-                   progress=progress)
+                   progress=progress, skip_unsupported=skip_unsupported)
 
 
 def _split_scope(spec) -> tuple:
@@ -317,10 +380,10 @@ def merge(out, sources: Iterable, *, on_conflict: str = "error", dst_format: str
                     report.dropped.append(f"{chosen[out_name][0].path}:{chosen[out_name][1]}")
                 chosen[out_name] = (source, name)
         if conflicts and on_conflict == "error":
-            listed = "; ".join(f"{n!r} in {', '.join(p)}" for n, p in sorted(conflicts.items())[:20])
-            more = f" (and {len(conflicts) - 20} more)" if len(conflicts) > 20 else ""
+            listed = _first_few(sorted(conflicts.items()),
+                                lambda item: f"{item[0]!r} in {', '.join(item[1])}")
             raise InvalidTensorError(
-                f"{len(conflicts)} tensor name(s) come from several sources: {listed}{more}; "
+                f"{len(conflicts)} tensor name(s) come from several sources: {listed}; "
                 f"give the sources different scopes (PATH:SCOPE/) or choose --on-conflict "
                 f"first|last")
         jobs = [(source, name, out_name) for out_name, (source, name) in sorted(chosen.items())]
@@ -460,11 +523,13 @@ class DiffReport:
         return not (self.missing or self.unexpected or self.mismatched or self.differing)
 
 
-def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0,
+         progress: bool | None = False) -> DiffReport:
     """Compare two models tensor by tensor (any formats).
 
     Values differ where ``|a - b| > atol + rtol * |b|`` (NaNs in the same places
-    count as equal); strings must be equal.
+    count as equal); strings must be equal.  ``progress`` shows a bar of the bytes
+    compared (None: when stderr is a terminal).
     """
     import numpy as np
 
@@ -473,21 +538,36 @@ def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
         na, nb = set(sa.names()), set(sb.names())
         report.missing = sorted(na - nb)
         report.unexpected = sorted(nb - na)
-        for name in sorted(na & nb):
-            ia, ib = sa.info(name), sb.info(name)
-            if ia != ib:
-                report.mismatched[name] = (f"{ia[0]} {list(ia[1])}", f"{ib[0]} {list(ib[1])}")
-                continue
-            x, y = sa.read(name), sb.read(name)
-            report.compared += 1
-            if x.dtype == object:
-                if x.ravel().tolist() != y.ravel().tolist():
-                    report.differing[name] = (float("nan"), float("nan"))
-                continue
-            worst = _max_differences(np.asarray(x), np.asarray(y), atol, rtol)
-            if worst is not None:
-                report.differing[name] = worst
+        common = sorted(na & nb)
+        bar = _Progress(sum(sa.nbytes(n) for n in common), "comparing", progress)
+        try:
+            for name in common:
+                ia, ib = sa.info(name), sb.info(name)
+                if ia != ib:
+                    report.mismatched[name] = (f"{ia[0]} {list(ia[1])}",
+                                               f"{ib[0]} {list(ib[1])}")
+                else:
+                    report.compared += 1
+                    worst = _compare(sa.read(name), sb.read(name), atol, rtol)
+                    if worst is not None:
+                        report.differing[name] = worst
+                    sa.release(name)
+                    sb.release(name)
+                bar.update(sa.nbytes(name))
+        finally:
+            bar.close()
     return report
+
+
+def _compare(x, y, atol, rtol):
+    """None when ``x`` and ``y`` are the same within tolerance, else (max abs, max rel)
+    difference (both NaN for strings, which have none)."""
+    import numpy as np
+
+    if x.dtype == object:
+        same = x.ravel().tolist() == y.ravel().tolist()
+        return None if same else (float("nan"), float("nan"))
+    return _max_differences(np.asarray(x), np.asarray(y), atol, rtol)
 
 
 def _max_differences(x, y, atol, rtol, chunk=1 << 20):
@@ -533,20 +613,28 @@ class VerifyReport:
 
     Attributes
     ----------
+    path : str
+        The checkpoint checked (its prefix, after resolving a directory's state
+        file).
     checked : int
         Tensors checked.
     nbytes : int
         Bytes checked.
     problems : list
-        ``[(name, message), ...]`` for every bad tensor.
+        ``[(name, message), ...]`` for every bad tensor; a missing data file is
+        one problem, named by the file, rather than one per tensor in it.
     notes : list of str
         Findings about the checkpoint as a whole (e.g. a data file from another save).
+    missing_files : list of str
+        Data files the index names that do not exist (each also one problem).
     """
 
+    path: str = ""
     checked: int = 0
     nbytes: int = 0
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    missing_files: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -557,31 +645,53 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
     """Check every tensor's checksum and every index entry of a TF checkpoint,
     reporting every bad tensor rather than stopping at the first.
 
-    When most tensors of one data shard fail, the shard most likely comes from a
-    different save than the index; that is reported as a note.
+    A data file that is missing is reported once, with the number of tensors it
+    holds.  When most tensors of one data shard fail, the shard most likely comes
+    from a different save than the index; that is reported as a note.
     """
+    import os
+
+    from .paths import data_filename
     from .reader import open as open_checkpoint
 
     report = VerifyReport()
     with open_checkpoint(path, verify=True) as ckpt:
+        report.path = ckpt.prefix
         infos = ckpt.infos()
+        missing = {}  # shard id -> [names of the tensors it holds]
+        if hasattr(ckpt, "num_shards"):
+            for shard in range(ckpt.num_shards):
+                if not os.path.exists(data_filename(ckpt.prefix, shard, ckpt.num_shards)):
+                    missing[shard] = []
         bar = _Progress(sum(i.nbytes for i in infos), "verifying", progress)
         per_shard: dict = {}
         try:
             for info in infos:
+                if info.shard in missing:
+                    missing[info.shard].append(info.name)
+                    continue
                 shard = info.shard if info.shard is not None else -1
                 counts = per_shard.setdefault(shard, [0, 0])
                 counts[0] += 1
                 try:
                     ckpt.read(info.name, verify=True)
                 except (CorruptCheckpointError, OSError, ValueError) as exc:
-                    report.problems.append((info.name, str(exc)))
+                    if not (missing and isinstance(exc, FileNotFoundError)):
+                        # (a partitioned tensor with a slice in a missing file: said once below)
+                        report.problems.append((info.name, str(exc)))
                     counts[1] += 1
                 report.checked += 1
                 report.nbytes += info.nbytes
                 bar.update(info.nbytes)
         finally:
             bar.close()
+        for shard, names in sorted(missing.items()):
+            file = data_filename(ckpt.prefix, shard, ckpt.num_shards)
+            held = (f"{len(names)} tensor{'s' * (len(names) != 1)} "
+                    f"({_first_few(names, repr, 3)})" if names else "no tensor")
+            report.missing_files.append(file)
+            report.problems.append(
+                (file, f"data file {file} is missing; it holds {held} that cannot be checked"))
         for name, exc in ckpt._overlaps():
             report.problems.append((name, str(exc)))
         for shard, (total, failed) in sorted(per_shard.items()):

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import _index, dtypes
 from .errors import (
@@ -28,6 +28,9 @@ from .errors import (
 from ._util import close_map, drop_pages, gc_paused
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import assemble, covering, prod, spec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
 # read, not at module level: opening and listing a checkpoint (all that
@@ -118,6 +121,9 @@ def _normalize_rows(index, dim0: int):
             raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {dim0}")
         return i, i + 1, (0,) + tail
     return None
+
+
+_Self = TypeVar("_Self", bound="Checkpoint")
 
 
 class Checkpoint(Mapping):
@@ -564,7 +570,7 @@ class Checkpoint(Mapping):
             close_map(shard.buffer)
             shard.file.close()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc):

@@ -10,6 +10,7 @@ import re
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 # The names tfshard.formats gives its formats (see tfshard.formats.detect_format).
 FORMATS = ("tf", "safetensors", "npz", "npy", "torch")
@@ -80,6 +81,12 @@ def add_command(sub, name, func, help_, description, examples, extra_dest=None):
     return p
 
 
+def add_skip_option(p):
+    p.add_argument("--skip-unsupported", action="store_true",
+                   help="leave out (and list) the tensors the output format cannot hold, "
+                        "such as strings in safetensors, instead of refusing")
+
+
 def add_write_options(p, *, quiet_help="no progress bar and no summary"):
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (default: refuse)")
@@ -126,7 +133,17 @@ def plural(n: int, word: str) -> str:
 
 
 def print_written(args, report, verb: str) -> None:
+    """The summary line of a command that wrote a model, then what it left out as
+    unsupported (printed even with --quiet: the output lacks those tensors)."""
+    for name, reason in report.skipped:
+        print(f"skipped {name}: {reason}")
     if args.quiet:
         return
     files = ", ".join(map(str, report.outputs)) or "(no file)"
-    print(f"{verb} {plural(report.tensors, 'tensor')} ({human_bytes(report.nbytes)}): {files}")
+    size = human_bytes(report.written_bytes)
+    if report.written_bytes != report.nbytes:
+        size += f" written, {human_bytes(report.nbytes)} read"
+    print(f"{verb} {plural(report.tensors, 'tensor')} ({size}): {files}")
+    if report.skipped:
+        print(f"{plural(len(report.skipped), 'tensor')} skipped as unsupported by the output "
+              f"format")

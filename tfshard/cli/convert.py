@@ -10,6 +10,7 @@ from ._common import (
     PATH_HELP,
     SIZE_HELP,
     add_command,
+    add_skip_option,
     add_write_options,
     plural,
     print_written,
@@ -24,7 +25,8 @@ def run(args) -> int:
     report = conversion.convert(
         args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
         dtype=args.dtype, include=args.include, exclude=args.exclude, rename=args.rename,
-        max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=progress(args))
+        max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=progress(args),
+        skip_unsupported=args.skip_unsupported)
     print_written(args, report, "converted")
     if not args.quiet:
         renamed = sum(1 for old, new in report.mapping.items() if old != new)
@@ -70,4 +72,5 @@ def add_parser(sub) -> None:
     convert.add_argument("--max-shard-size", type=size_arg, metavar="SIZE",
                          help="split the output into files of at most SIZE (TF data shards, "
                               "safetensors shards)")
+    add_skip_option(convert)
     add_write_options(convert)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
-
-import tfshard
-
 from ._common import (
     EXIT_OK,
     PATH_HELP,
     add_command,
+    add_skip_option,
     add_write_options,
     print_written,
     progress,
@@ -18,21 +15,10 @@ from ._common import (
 
 def run(args) -> int:
     from tfshard import conversion
-    from tfshard.formats import open_source
 
-    if args.patterns:
-        # A pattern that matches nothing is most likely a typo: say so rather than write
-        # an empty file.
-        with open_source(args.path) as source:
-            names = source.names()
-        unmatched = [p for p in args.patterns
-                     if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-        if unmatched:
-            raise tfshard.TensorNotFoundError(
-                f"no tensor of {args.path} matches {', '.join(map(repr, unmatched))} "
-                f"('tfshard ls' lists them)")
     report = conversion.extract(args.path, args.output, args.patterns, fmt=args.format,
-                                overwrite=args.overwrite, progress=progress(args))
+                                overwrite=args.overwrite, progress=progress(args),
+                                skip_unsupported=args.skip_unsupported)
     print_written(args, report, "extracted")
     return EXIT_OK
 
@@ -55,4 +41,5 @@ def add_parser(sub) -> None:
                          help="the output file or (npy) directory")
     extract.add_argument("--format", choices=("npz", "safetensors", "npy"),
                          help="output format (default: told by OUT's name)")
+    add_skip_option(extract)
     add_write_options(extract)

@@ -18,10 +18,10 @@ def run(args) -> int:
 
     report = conversion.verify(args.path, progress=progress(args))
     if args.json:
-        dump_json({"path": args.path, "ok": report.ok, "checked": report.checked,
+        dump_json({"path": report.path, "ok": report.ok, "checked": report.checked,
                     "nbytes": report.nbytes,
                     "problems": [{"name": n, "message": m} for n, m in report.problems],
-                    "notes": list(report.notes)})
+                    "notes": list(report.notes), "missing_files": report.missing_files})
     else:
         for name, message in report.problems:
             print(f"BAD  {name}: {message}")
@@ -29,10 +29,13 @@ def run(args) -> int:
             print(f"note: {note}")
         if report.ok:
             print(f"OK: {plural(report.checked, 'tensor')} ({human_bytes(report.nbytes)}) "
-                  f"checked: {args.path}")
+                  f"checked: {report.path}")
         else:
-            print(f"FAILED: {len(report.problems)} of {plural(report.checked, 'tensor')} bad: "
-                  f"{args.path}")
+            missing = len(report.missing_files)
+            bad = f"{len(report.problems) - missing} of {plural(report.checked, 'tensor')} bad"
+            if missing:
+                bad = f"{plural(missing, 'data file')} missing, {bad}"
+            print(f"FAILED: {bad}: {report.path}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -49,6 +49,7 @@ from ._base import (
     _check_plan,
     _fspath,
     detect_format,
+    unsupported,
 )
 from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
 from ._safetensors import _SafetensorsSink, _SafetensorsSource
@@ -56,7 +57,7 @@ from ._tf import _TFSink, _TFSource
 from ._torch import _TorchSink, _TorchSource
 
 __all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink",
-           "TensorListing", "list_tensors"]
+           "TensorListing", "list_tensors", "unsupported"]
 
 # Private helpers the tests reach through this module (``formats._npy_filenames``).
 _is_plain_filename = _base._is_plain_filename
