@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 PY=${PYTHON:-python3}
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 work=$(mktemp -d "${TMPDIR:-/tmp}/tfshard-dist.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -47,11 +48,19 @@ fi
 
 mkdir "$work/src" && tar xzf "$sdist" -C "$work/src"
 tests=$(ls -d "$work"/src/tfshard-*)
+# The package's sources go, so that nothing (`python -m tfshard` in a subprocess, a script
+# that puts its folder on sys.path) can import them instead of the installed package.
+rm -rf "$tests/tfshard"
+# The real-world corpus lives beside the repository; the tests find it beside the sdist.
+if [ -d "$root/../shared" ]; then
+    ln -s "$(cd "$root/../shared" && pwd)" "$work/src/shared"
+fi
 
 echo "== the sdist in a fresh venv, with the test extras; the sdist's own test suite"
 "$PY" -m venv "$work/venv-sdist"
 "$work/venv-sdist/bin/pip" install -q "$sdist[test]" 2>&1 | grep -v "^WARNING: Location" || true
-"$work/venv-sdist/bin/python" -c "import tfshard, tfshard._index; print('installed', tfshard.__file__)"
+(cd "$work" && "$work/venv-sdist/bin/python" -c \
+    "import tfshard, tfshard._index; print('installed', tfshard.__file__)")
 (cd "$tests" && "$work/venv-sdist/bin/pytest" -q -p no:cacheprovider)
 
 others=("$@")

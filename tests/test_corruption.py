@@ -1346,4 +1346,4 @@ def test_entries_sharing_bytes_are_reported(tmp_path):
 def test_golden_checkpoints_have_no_overlapping_tensors():
     for prefix in GOLDEN.glob("*/*.index"):
         with tfshard.open(str(prefix)[:-len(".index")]) as ckpt:
-            assert ckpt._overlaps() == [], prefix
+            assert ckpt.overlaps() == [], prefix

@@ -692,7 +692,7 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
             report.missing_files.append(file)
             report.problems.append(
                 (file, f"data file {file} is missing; it holds {held} that cannot be checked"))
-        for name, exc in ckpt._overlaps():
+        for name, exc in ckpt.overlaps():
             report.problems.append((name, str(exc)))
         for shard, (total, failed) in sorted(per_shard.items()):
             if shard >= 0 and total >= 2 and failed * 2 > total:

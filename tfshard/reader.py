@@ -518,11 +518,11 @@ class Checkpoint(Mapping):
                 self.read(name, verify=True)
             except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
                 bad.append((name, exc))
-        return bad + self._overlaps()
+        return bad + self.overlaps()
 
-    def _overlaps(self) -> list:
+    def overlaps(self) -> list:
         """``[(name, CorruptCheckpointError)]`` for tensors whose bytes overlap another's
-        in a data file.  A checksum cannot catch an entry that points at another tensor
+        in a data file (:meth:`verify_all` includes them).  A checksum cannot catch an entry that points at another tensor
         together with that tensor's CRC; TF's writer never lays tensors over each other."""
         spans = []
         table = self._table
