@@ -134,3 +134,23 @@ def test_torch_reads_an_output_marked_for_it(tmp_path):
                        rename=[r"/=."], transpose=[r"kernel$"])
     state = load_file(str(tmp_path / "m.safetensors"))
     assert torch.equal(state["dense.kernel"], torch.from_numpy(TENSORS["w"].T.copy()))
+
+
+def test_verify_checks_a_safetensors_files_checksums(tmp_path, capsys):
+    path = _write(tmp_path / "m.safetensors")
+    report = conversion.verify(path)
+    assert report.ok and report.checked == 3 and not report.notes
+    raw = bytearray(path.read_bytes())
+    raw[_data_offset(path, "w")] ^= 1
+    raw[_data_offset(path, 'odd "name"/é')] ^= 1
+    path.write_bytes(bytes(raw))
+    report = conversion.verify(path)
+    assert sorted(name for name, _ in report.problems) == ['odd "name"/é', "w"]
+    assert cli.main(["verify", str(path)]) == 1
+    assert "BAD  w:" in capsys.readouterr().out
+    save_file = pytest.importorskip("safetensors.numpy").save_file
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "plain.safetensors"))
+    report = conversion.verify(tmp_path / "plain.safetensors")
+    assert report.ok and report.notes == [
+        "1 of 1 tensors have no recorded checksum (files not written by tfshard have none): "
+        "only their layout was checked"]

@@ -185,6 +185,26 @@ def test_average_cli_text_and_json(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["average", str(tmp_path / "o"), *paths, "--last", "2"]) == 2
     assert cli.main(["average", str(tmp_path / "o"), *paths, "--weights", "1,x"]) == 2
-    help_text = capsys.readouterr()
+    capsys.readouterr()
     assert cli.main(["average", "--help"]) == 0
     assert "--last 5" in capsys.readouterr().out
+
+
+def test_tensors_longer_than_one_chunk_are_narrowed_in_place_correctly(tmp_path):
+    from tfshard.surgery import average as average_module
+
+    n = 2 * average_module._CHUNK + 12345  # three chunks: the in-place narrowing's edge cases
+    rng = np.random.default_rng(8)
+    values = [{"f32": rng.standard_normal(n).astype(np.float32),
+               "bf16": rng.standard_normal(n).astype(ml_dtypes.bfloat16),
+               "f64": rng.standard_normal(n)} for _ in range(3)]
+    paths = [tfshard.save(tmp_path / f"c{i}", v) for i, v in enumerate(values)]
+    weights = [0.5, 1.0, 2.5]
+    conversion.average(tmp_path / "avg", paths, weights=weights)
+    got = tfshard.load(tmp_path / "avg")
+    for name in ("f32", "bf16", "f64"):
+        acc = np.zeros(n)
+        for v, w in zip(values, weights):
+            acc += v[name].astype(np.float64) * w
+        want = (acc / sum(weights)).astype(values[0][name].dtype)
+        assert got[name].tobytes() == want.tobytes(), name

@@ -69,6 +69,9 @@ def test_reshard_to_more_shards_keeps_tensors_and_slices(tmp_path):
     assert sized.num_shards > 1
     for path in sized.outputs[:-1]:
         assert os.path.getsize(path) <= 200 + 64 * 4  # at most alignment padding beyond
+    got = _tf_values(tf, tmp_path / "sized" / "model.ckpt")
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_merge_partitions_writes_tf1_partitioned_variables_whole(tmp_path):
@@ -224,3 +227,19 @@ def test_reshard_cli(tmp_path, capsys):
                      "--partition", "x"]) == 2
     assert cli.main(["reshard", str(PARTITIONED), str(tmp_path / "a")]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_corrupt_input_leaves_no_output(tmp_path):
+    src = tfshard.save(tmp_path / "in" / "ckpt", {"a": np.arange(64, dtype=np.float32),
+                                                  "z": np.arange(64, dtype=np.float32)})
+    data = tmp_path / "in" / "ckpt.data-00000-of-00001"
+    with tfshard.open(src) as ckpt:
+        offset = ckpt.info("z").offset
+    raw = bytearray(data.read_bytes())
+    raw[offset + 3] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(tfshard.ChecksumMismatchError):
+        conversion.reshard(src, tmp_path / "out" / "ckpt", num_shards=2)
+    with pytest.raises(tfshard.ChecksumMismatchError):
+        conversion.average(tmp_path / "out" / "ckpt", [src, src])
+    assert not (tmp_path / "out").exists()

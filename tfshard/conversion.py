@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import dtypes
-from .errors import CorruptCheckpointError, InvalidTensorError
+from .errors import CorruptCheckpointError, InvalidTensorError, UnsupportedError
 from .objectgraph import OBJECT_GRAPH_KEY, model_keys, serialized_graph, without_keys
-from .formats import CHECKSUM_KEY, Source, create_sink, detect_format, open_source
+from .formats import CHECKSUM_KEY, create_sink, detect_format, open_source
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
            "average", "reshard", "find_ema",
@@ -344,7 +344,12 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
     to_tf = out_format == "tf"
     with open_source(src, src_format) as source:
         all_names = source.names()
-        ema_of = _ema_of(source) if prefer_ema else {}
+        if prefer_ema:
+            from .surgery.ema import source_averages
+
+            ema_of = source_averages(source)
+        else:
+            ema_of = {}
         averages = set(ema_of.values())
         names = []
         for name in all_names:
@@ -355,7 +360,9 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
         metadata = _output_metadata([source], out_format, framework, dst)
         reader = source
         if ema_of:
-            reader = _with_averages(source, names, ema_of, to_tf, report)
+            from .surgery.ema import with_averages
+
+            reader = with_averages(source, names, ema_of, to_tf, report)
         jobs = [(reader, name, mapping[name]) for name in names]
         return _copy(jobs, dst, dst_format=dst_format, dtype=dtype,
                      max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
@@ -372,8 +379,6 @@ def _output_metadata(sources, out_format: str, framework, dst):
                                  f"{', '.join(_FRAMEWORK_FORMATS)}")
     if out_format != "safetensors":
         if framework is not None:
-            from .errors import UnsupportedError
-
             raise UnsupportedError(f"framework={framework!r} records the framework in a "
                                    f"safetensors file's metadata; {dst} is a {out_format} "
                                    f"output", path=str(dst))
@@ -387,39 +392,6 @@ def _output_metadata(sources, out_format: str, framework, dst):
     if framework is not None:
         agreed["format"] = _FRAMEWORK_FORMATS[framework]
     return agreed
-
-
-def find_ema(src) -> dict:
-    """``{variable: its moving average}`` of a model (path or open source): see
-    :func:`tfshard.surgery.ema.find_ema` for the layouts recognised.  Pairs whose
-    dtypes or shapes differ are left out."""
-    if isinstance(src, Source):
-        return _ema_of(src)
-    with open_source(src) as source:
-        return _ema_of(source)
-
-
-def _ema_of(source) -> dict:
-    from .surgery.ema import find_ema as find
-
-    found = find(source.names(), serialized_graph(source))
-    return {var: ema for var, ema in found.items() if source.info(var) == source.info(ema)}
-
-
-def _with_averages(source, names, ema_of, to_tf, report):
-    """``source`` reading each selected variable's average in its place; the report
-    says what was replaced and which floating model tensors had no average.  For a
-    TF output, the averages' keys leave the object graph as they leave the output."""
-    report.replaced = {n: ema_of[n] for n in names if n in ema_of}
-    graph = serialized_graph(source)
-    state = set(optimizer_state(source.names(), object_graph=graph))
-    report.ema_not_found = [n for n in names
-                            if n not in report.replaced and n not in state
-                            and n != OBJECT_GRAPH_KEY and source.info(n)[0] in _FLOATING]
-    values = {}
-    if to_tf and graph is not None and OBJECT_GRAPH_KEY in names:
-        values = _graph_without(graph, set(ema_of.values()))
-    return _Replaced(source, values, aliases=report.replaced)
 
 
 def extract(src, out, patterns: Iterable[str] = (), *, fmt: str | None = None,
@@ -684,6 +656,30 @@ def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
     return report
 
 
+def _verify_safetensors(path, progress) -> "VerifyReport":
+    report = VerifyReport()
+    with open_source(path, "safetensors") as source:
+        names = source.names()
+        bar = _Progress(sum(source.nbytes(n) for n in names), "verifying", progress)
+        try:
+            for name in names:
+                try:
+                    source.read(name)
+                except (CorruptCheckpointError, OSError, ValueError) as exc:
+                    report.problems.append((name, str(exc)))
+                report.checked += 1
+                report.nbytes += source.nbytes(name)
+                bar.update(source.nbytes(name))
+        finally:
+            bar.close()
+        unchecked = len(names) - len(source.checksummed)
+    if unchecked:
+        report.notes.append(f"{unchecked} of {len(names)} tensors have no recorded checksum "
+                            f"(files not written by tfshard have none): only their layout "
+                            f"was checked")
+    return report
+
+
 def _max_differences(x, y, atol, rtol, chunk=1 << 20):
     """(max abs, max rel) difference if any element is out of tolerance, else None.
     Works through the tensors in chunks so memory stays bounded."""
@@ -753,9 +749,15 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
 
     When most tensors of one data shard fail, the shard most likely comes from a
     different save than the index; that is reported as a note.
+
+    A safetensors model (``*.safetensors``, ``*.safetensors.index.json``) is checked
+    against the CRC-32C values tfshard records in its metadata (see
+    :data:`tfshard.formats.CHECKSUM_KEY`); tensors without one are noted.
     """
     from .reader import open as open_checkpoint
 
+    if str(path).lower().endswith((".safetensors", ".safetensors.index.json")):
+        return _verify_safetensors(path, progress)
     report = VerifyReport()
     with open_checkpoint(path, verify=True) as ckpt:
         infos = ckpt.infos()
@@ -789,5 +791,6 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
 # Operations of their own modules (tfshard/surgery/), which build on the helpers
 # above; imported last so that they find this module complete.
 from .surgery.average import AverageReport, average  # noqa: E402
+from .surgery.ema import find_ema  # noqa: E402
 from .surgery.presets import PRESETS  # noqa: E402
 from .surgery.reshard import ReshardReport, reshard  # noqa: E402

@@ -67,6 +67,17 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def count_arg(text: str) -> int:
+    """A positive integer option (--last N, --num-shards N)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
+    return n
+
+
 def tolerance_arg(text: str) -> float:
     try:
         value = float(text)

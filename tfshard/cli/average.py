@@ -10,6 +10,7 @@ from ._common import (
     SIZE_HELP,
     add_command,
     add_write_options,
+    count_arg,
     dump_json,
     human_bytes,
     plural,
@@ -24,16 +25,6 @@ def _weights(text: str) -> list:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid weights {text!r}: expected numbers "
                                          f"separated by commas, e.g. 1,1,2") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
-    return n
 
 
 def check(args) -> None:
@@ -91,7 +82,7 @@ def add_parser(sub) -> None:
     average.add_argument("sources", metavar="CKPT", nargs="+",
                          help="the checkpoints (any format tfshard reads), or with --last one "
                               "directory")
-    average.add_argument("--last", type=_positive, metavar="N",
+    average.add_argument("--last", type=count_arg, metavar="N",
                          help="average the last N checkpoints the directory's 'checkpoint' "
                               "state file lists")
     average.add_argument("--weights", type=_weights, metavar="W1,W2,...",

@@ -9,22 +9,13 @@ from ._common import (
     SIZE_HELP,
     add_command,
     add_write_options,
+    count_arg,
     dump_json,
     human_bytes,
     plural,
     progress,
     size_arg,
 )
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
-    return n
 
 
 def _partition(text: str):
@@ -80,7 +71,7 @@ def add_parser(sub) -> None:
                               "directory with a 'checkpoint' state file)")
     reshard.add_argument("output", metavar="OUT", help="the new checkpoint's prefix")
     shards = reshard.add_mutually_exclusive_group()
-    shards.add_argument("--num-shards", type=_count, metavar="N",
+    shards.add_argument("--num-shards", type=count_arg, metavar="N",
                         help="number of data files of OUT")
     shards.add_argument("--max-shard-size", type=size_arg, metavar="SIZE",
                         help="start a new data file when the next tensor would pass SIZE")

@@ -325,6 +325,11 @@ class _SafetensorsSource(Source):
             arr = _byteswapped(arr, dt)
         return arr.reshape(e.shape)
 
+    @property
+    def checksummed(self) -> set:
+        """The tensors whose CRC-32C the files record (:data:`CHECKSUM_KEY`)."""
+        return {name for name, e in self._entries.items() if name in e.file.crcs}
+
     def _check_crc(self, name, e, start):
         f = e.file
         with memoryview(f.buffer) as whole, whole[start:f.data_start + e.end] as data:

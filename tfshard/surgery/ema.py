@@ -17,10 +17,12 @@ Three layouts are recognised, each as TensorFlow or Keras writes it:
 
 from __future__ import annotations
 
+from ..conversion import _FLOATING, _graph_without, _Replaced, optimizer_state
 from ..errors import CorruptCheckpointError
-from ..objectgraph import decode
+from ..formats import Source, open_source
+from ..objectgraph import OBJECT_GRAPH_KEY, decode, serialized_graph
 
-__all__ = ["EMA_SUFFIX", "find_ema"]
+__all__ = ["EMA_SUFFIX", "find_ema", "ema_pairs", "source_averages", "with_averages"]
 
 #: The name ``tf.train.ExponentialMovingAverage`` gives its averages by default.
 EMA_SUFFIX = "ExponentialMovingAverage"
@@ -31,9 +33,49 @@ _SLOT_NAME = "average"
 _VALUE = "VARIABLE_VALUE"
 
 
-def find_ema(names, object_graph: bytes | None = None) -> dict:
+def find_ema(src) -> dict:
+    """``{variable: its moving average}`` of a model: a path (any format tfshard
+    reads) or an open :class:`tfshard.formats.Source`.  See :func:`ema_pairs` for
+    the layouts recognised; pairs whose dtypes or shapes differ are left out.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        If the model's object graph cannot be decoded.
+    """
+    if isinstance(src, Source):
+        return source_averages(src)
+    with open_source(src) as source:
+        return source_averages(source)
+
+
+def source_averages(source) -> dict:
+    """:func:`find_ema` of an open source."""
+    found = ema_pairs(source.names(), serialized_graph(source))
+    return {var: ema for var, ema in found.items() if source.info(var) == source.info(ema)}
+
+
+def with_averages(source, names, ema_of: dict, to_tf: bool, report):
+    """``source`` reading each of ``names`` that has an average in ``ema_of`` as that
+    average (for ``convert(prefer_ema=True)``).  Fills the report's ``replaced``
+    and ``ema_not_found`` (floating tensors of ``names`` without an average, other
+    than optimizer state).  For a TF output the averages' keys also leave the
+    object graph, as they leave the output."""
+    report.replaced = {n: ema_of[n] for n in names if n in ema_of}
+    graph = serialized_graph(source)
+    state = set(optimizer_state(source.names(), object_graph=graph))
+    report.ema_not_found = [n for n in names
+                            if n not in report.replaced and n not in state
+                            and n != OBJECT_GRAPH_KEY and source.info(n)[0] in _FLOATING]
+    values = {}
+    if to_tf and graph is not None and OBJECT_GRAPH_KEY in names:
+        values = _graph_without(graph, set(ema_of.values()))
+    return _Replaced(source, values, aliases=report.replaced)
+
+
+def ema_pairs(names, object_graph: bytes | None = None) -> dict:
     """``{variable key: key of its moving average}`` for every variable of a
-    checkpoint that has one.
+    checkpoint that has one, from its names and object graph.
 
     Parameters
     ----------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..conversion import _Progress
 from ..errors import InvalidTensorError, OutputExistsError, UnsupportedError
+from ..formats._base import _make_dirs
 from ..objectgraph import OBJECT_GRAPH_KEY, serialized_graph
 from ..paths import data_filename, index_filename
 from ..slices import bounds, prod, spec
@@ -152,12 +153,20 @@ def reshard(src, out, *, num_shards: int | None = None, max_shard_size: int | No
         if max_shard_size is None and num_shards is None:
             num_shards = ckpt.num_shards
         bar = _Progress(sum(i.nbytes for i in infos.values()), "resharding", progress)
+        created = _make_dirs(os.path.dirname(prefix))  # removed again if the write fails
         try:
             with CheckpointWriter(prefix, num_shards=num_shards or 1,
                                   max_shard_size=max_shard_size) as writer:
                 for job in jobs:
                     _write(ckpt, writer, job, graph, infos, report, bar)
                     report.tensors += 1
+        except BaseException:
+            for directory in reversed(created):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass  # not empty: someone else's files
+            raise
         finally:
             bar.close()
     with Checkpoint(prefix) as written:
