@@ -106,7 +106,8 @@ def add_parser(sub) -> None:
                          help="split the output into files of at most SIZE (TF data shards, "
                               "safetensors shards)")
     convert.add_argument("--for", dest="framework", choices=FRAMEWORKS, metavar="FRAMEWORK",
-                         help="a safetensors output is meant for FRAMEWORK: record it in the "
+                         help=f"a safetensors output is meant for FRAMEWORK "
+                              f"({', '.join(FRAMEWORKS)}): record it in the "
                               "file's metadata (torch: {\"format\": \"pt\"}, which "
                               "transformers expects); otherwise the output records no format "
                               "unless the input did")
