@@ -58,6 +58,8 @@ __all__ = [
     "strip",
     "diff",
     "verify",
+    "average",
+    "reshard",
 ]
 
 # Writing and conversion load on first use: they import numpy and the format
@@ -66,11 +68,22 @@ _LAZY = {
     "save": "writer", "CheckpointWriter": "writer", "DEFAULT_ALIGNMENT": "writer",
     "CheckpointManager": "manager", "merge_parts": "parts",
     **{name: "conversion" for name in
-       ("convert", "extract", "merge", "rename", "strip", "diff", "verify")},
+       ("convert", "extract", "merge", "rename", "strip", "diff", "verify", "average",
+        "reshard")},
 }
 
 if TYPE_CHECKING:
-    from .conversion import convert, diff, extract, merge, rename, strip, verify  # noqa: F401
+    from .conversion import (  # noqa: F401
+        average,
+        convert,
+        diff,
+        extract,
+        merge,
+        rename,
+        reshard,
+        strip,
+        verify,
+    )
     from .manager import CheckpointManager  # noqa: F401
     from .parts import merge_parts  # noqa: F401
     from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save  # noqa: F401
