@@ -846,6 +846,7 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
 
     from .paths import data_filename
     from .reader import open as open_checkpoint
+    from .reader_v1 import V1Checkpoint
 
     if str(path).lower().endswith((".safetensors", ".safetensors.index.json")):
         return _verify_safetensors(path, progress)
@@ -854,7 +855,7 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
         report.path = ckpt.prefix
         infos = ckpt.infos()
         missing = {}  # shard id -> [names of the tensors it holds]
-        if hasattr(ckpt, "num_shards"):
+        if not isinstance(ckpt, V1Checkpoint):  # V1 files were all read when it opened
             for shard in range(ckpt.num_shards):
                 if not os.path.exists(data_filename(ckpt.prefix, shard, ckpt.num_shards)):
                     missing[shard] = []
