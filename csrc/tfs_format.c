@@ -160,6 +160,36 @@ int tfs_crc32c_hardware(void)
 }
 #endif
 
+/* Polynomials over GF(2) modulo the CRC-32C polynomial, in the CRC's reflected bit order:
+ * bit 31 is the coefficient of x^0.  Appending len_b bytes to A multiplies CRC(A) by
+ * x^(8 * len_b); the pre- and post-inversion of the CRC cancel in the sum with CRC(B). */
+#define TFS_CRC32C_POLY 0x82f63b78u
+
+static uint32_t gf2_mulmod(uint32_t a, uint32_t b)
+{
+    uint32_t product = 0;
+    int i;
+    for (i = 31; i >= 0; i--) {       /* a's coefficients of x^0, x^1, ... */
+        if (a & ((uint32_t)1 << i))
+            product ^= b;
+        b = (b & 1) ? (b >> 1) ^ TFS_CRC32C_POLY : b >> 1;  /* b *= x */
+    }
+    return product;
+}
+
+uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
+{
+    uint32_t power = (uint32_t)1 << 23;  /* x^8: one byte */
+    uint32_t shift = (uint32_t)1 << 31;  /* x^0 */
+    while (len_b) {                      /* shift = x^(8 * len_b) by squaring */
+        if (len_b & 1)
+            shift = gf2_mulmod(shift, power);
+        power = gf2_mulmod(power, power);
+        len_b >>= 1;
+    }
+    return gf2_mulmod(shift, crc_a) ^ crc_b;
+}
+
 uint32_t tfs_crc_mask(uint32_t crc)
 {
     return ((crc >> 15) | (crc << 17)) + TFS_MASK_DELTA;

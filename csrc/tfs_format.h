@@ -42,6 +42,9 @@ uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n);
 uint32_t tfs_crc32c_portable(uint32_t crc, const uint8_t *p, size_t n);
 /* 1 if tfs_crc32c_extend uses CRC instructions of this CPU, else 0. */
 int tfs_crc32c_hardware(void);
+/* CRC-32C of A followed by B, from crc_a = CRC-32C(A), crc_b = CRC-32C(B) and B's length:
+ * lets pieces of one buffer be checksummed in parallel. */
+uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 uint32_t tfs_crc_mask(uint32_t crc);
 uint32_t tfs_crc_unmask(uint32_t masked);
 

@@ -34,11 +34,15 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
-    """In CI the TensorFlow compatibility tests must run, never be skipped."""
+    """In CI the framework tests (TensorFlow, torch, JAX) must run, never be skipped: say
+    at once when one cannot be imported, rather than fail test after test."""
+    import importlib
+
     if _strict():
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - CI misconfiguration
-            raise RuntimeError(
-                "CI is set but TensorFlow is not importable; the compatibility tests would be "
-                "skipped. Install the test extras: pip install -e '.[test]'") from exc
+        for name in ("tensorflow", "torch", "jax"):
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:  # pragma: no cover - CI misconfiguration
+                raise RuntimeError(
+                    f"CI is set but {name} is not importable; its tests would be skipped. "
+                    f"Install the test extras: pip install -e '.[test]'") from exc

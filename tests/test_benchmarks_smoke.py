@@ -150,3 +150,34 @@ def test_bench_restore_quick(tmp_path):
             assert row["tfshard"] is not None and row["ratio"] is not None, row
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+
+
+FRAMEWORK_CASES = ("torch_verified", "torch_noverify", "torch_call", "jax_verified",
+                   "jax_noverify", "jax_call", "reader_loop", "rss_torch", "rss_jax",
+                   "rss_reader")
+FRAMEWORK_INFO_CASES = {"torch_call", "jax_call", "rss_torch", "rss_jax", "rss_reader"}
+
+
+def test_bench_frameworks_help():
+    _check_help("bench_frameworks.py", FRAMEWORK_CASES)
+
+
+def test_bench_frameworks_quick(tmp_path):
+    for name in ("tensorflow", "safetensors", "torch", "jax"):
+        pytest.importorskip(name)
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("bench_frameworks measures peak memory through /proc")
+    output, rows = _run_quick("bench_frameworks.py", FRAMEWORK_CASES, tmp_path,
+                              "--workdir", tmp_path / "work",
+                              statuses=("PASS", "MISS", "INFO", "SKIP"))
+    measured = _importable(tmp_path, "import tfshard.torch, tfshard.jax; tfshard.load_checkpoint")
+    for case, row in rows.items():
+        if measured:
+            expected = {"INFO"} if case in FRAMEWORK_INFO_CASES else {"PASS", "MISS"}
+            assert row["status"] in expected, f"{case}: {row}\n{output}"
+            assert row["tfshard"] is not None and row["ratio"] is not None, row
+        else:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+        assert row["safetensors"] is not None or row["tf"] is not None, row
+    if measured:  # copies are counted
+        assert "without a copy" in output, output

@@ -51,6 +51,9 @@ __all__ = [
     "OutputExistsError",
     "NothingSelectedError",
     "RestoreError",
+    "load_checkpoint",
+    "CheckpointReader",
+    "safe_open",
     "convert",
     "extract",
     "merge",
@@ -67,12 +70,16 @@ __all__ = [
 _LAZY = {
     "save": "writer", "CheckpointWriter": "writer", "DEFAULT_ALIGNMENT": "writer",
     "CheckpointManager": "manager", "merge_parts": "parts",
+    "load_checkpoint": "checkpoint_reader", "CheckpointReader": "checkpoint_reader",
+    "safe_open": "frameworks",
     **{name: "conversion" for name in
        ("convert", "extract", "merge", "rename", "strip", "diff", "verify", "average",
         "reshard")},
 }
 
 if TYPE_CHECKING:
+    from .checkpoint_reader import CheckpointReader, load_checkpoint  # noqa: F401
+    from .frameworks import safe_open  # noqa: F401
     from .conversion import (  # noqa: F401
         average,
         convert,

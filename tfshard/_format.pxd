@@ -52,6 +52,7 @@ cdef extern from "tfs_format.h" nogil:
     uint32_t tfs_load_le32(const uint8_t *p)
     uint32_t tfs_load_be32(const uint8_t *p)
     uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n)
+    uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
     uint32_t tfs_crc_mask(uint32_t crc)
     uint32_t tfs_crc_unmask(uint32_t masked)
     int tfs_get_varint32(const uint8_t **p, const uint8_t *end, uint32_t *out)

@@ -38,6 +38,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
 
+# A large tensor's CRC-32C is computed in pieces, one per core, by a pool of threads
+# shared by every open checkpoint (made on first use; none on a single core).
+_CORES = os.cpu_count() or 1
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _crc_pool():
+    global _pool
+    if _pool is None and _CORES > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(_CORES, thread_name_prefix="tfshard-crc")
+    return _pool
+
+
 # Version of the bundle format this reader implements (TF's kTensorBundleVersion
 # consumer and kTensorBundleMinProducer).
 _CONSUMER_VERSION = 1
@@ -87,10 +105,13 @@ class _Entry:
 
 
 class _Shard:
-    __slots__ = ("path", "file", "buffer", "size")
+    # private: the copy-on-write map writable reads view, made on the first of them
+    # (None until then; False where the OS refused one, and such reads copy).
+    __slots__ = ("path", "file", "buffer", "size", "private")
 
     def __init__(self, path, file, buffer, size):
         self.path, self.file, self.buffer, self.size = path, file, buffer, size
+        self.private = None
 
 
 def _read_index(path: str) -> bytes:
@@ -173,6 +194,7 @@ class Checkpoint(Mapping):
         self._swap = self.big_endian != (sys.byteorder == "big")
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
+        self._lent: set[int] = set()  # tensors whose private-map bytes a caller holds
         self._lock = threading.Lock()
         self._closed = False
 
@@ -319,21 +341,48 @@ class Checkpoint(Mapping):
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
             return shard
 
-    def _tensor_buffer(self, e: _Entry, name: str):
-        """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist."""
+    def _tensor_buffer(self, e: _Entry, name: str, private: bool = False):
+        """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist;
+        with ``private``, the buffer is the shard's copy-on-write map where one exists."""
         shard = self._shard(e.shard_id)
+        buffer = self._private_map(shard) if private else shard.buffer
         # Re-check the file size: a data file truncated after it was mapped
         # would otherwise fault (SIGBUS) when a view is read.
         current = os.fstat(shard.file.fileno()).st_size
         end = e.offset + e.size
-        if end > min(current, shard.size):
+        if end > min(current, shard.size, len(buffer)):
             raise CorruptCheckpointError(
-                f"{shard.path} is {min(current, shard.size)} bytes, but tensor {name!r} needs bytes "
-                f"[{e.offset}, {end}) (the data file is truncated or from another save)",
-                path=shard.path, key=name, offset=e.offset)
-        return shard.buffer, shard
+                f"{shard.path} is {min(current, shard.size, len(buffer))} bytes, but tensor "
+                f"{name!r} needs bytes [{e.offset}, {end}) (the data file is truncated or from "
+                f"another save)", path=shard.path, key=name, offset=e.offset)
+        return buffer, shard
 
-    def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None):
+    def _private_map(self, shard: _Shard):
+        """The shard's copy-on-write (``MAP_PRIVATE``) map, made on first use: views of
+        it are writable, a write copies just the page it touches, and the file never
+        changes.  The read-only map where the OS refuses one (strict overcommit
+        accounting may); callers then copy."""
+        with self._lock:
+            self._check_open()
+            if shard.private is None:
+                try:
+                    shard.private = (mmap.mmap(shard.file.fileno(), 0, access=mmap.ACCESS_COPY)
+                                     if shard.size else b"")
+                except OSError:
+                    shard.private = False
+            return shard.private if shard.private is not False else shard.buffer
+
+    def _lend(self, i: int) -> bool:
+        """Whether tensor ``i``'s private-map bytes are still unclaimed (claiming them).
+        A caller may have written the first writable view, so later writable reads
+        copy from the read-only map instead: two of them never share memory."""
+        with self._lock:
+            first = i not in self._lent
+            self._lent.add(i)
+            return first
+
+    def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None,
+                    writable: bool = False):
         import numpy as np
 
         from . import _data
@@ -342,13 +391,14 @@ class Checkpoint(Mapping):
         dt = e.dtype
         if count == 0 and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
             out = np.empty(e.shape, dtype=dt.numpy)
-            out.flags.writeable = False
+            out.flags.writeable = writable
             return out if index is None else out[index]
-        buf, shard = self._tensor_buffer(e, name)
+        buf, shard = self._tensor_buffer(e, name, writable and self._lend(i))
         raw = memoryview(buf)[e.offset:e.offset + e.size]
         verify = verify and i not in self._verified
         if verify and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
-            _data.check_crc(raw, e.crc, shard.path, name, e.offset)
+            pool = _crc_pool() if e.size >= 2 * _data.PARALLEL_PIECE else None
+            _data.check_crc(raw, e.crc, shard.path, name, e.offset, pool, _CORES)
         if dt.kind == dtypes.STRING:
             flat = _data.decode_strings(raw, count, self.big_endian, e.crc, verify,
                                         shard.path, name, e.offset)
@@ -367,7 +417,8 @@ class Checkpoint(Mapping):
         if verify:
             with self._lock:
                 self._verified.add(i)
-        return arr if index is None else arr[index]
+        arr = arr if index is None else arr[index]
+        return _writable(arr) if writable else arr
 
     def _fixed(self, buf, e: _Entry, count: int, index):
         import numpy as np
@@ -439,7 +490,8 @@ class Checkpoint(Mapping):
         values = (self._read_plain(parts[k][0], name, parts[k][1], verify) for k, _ in pieces)
         return assemble(region, boxes, pieces, values, full.dtype.numpy)
 
-    def read(self, name: str, index=None, *, verify: bool | None = None) -> np.ndarray:
+    def read(self, name: str, index=None, *, verify: bool | None = None,
+             writable: bool = False) -> np.ndarray:
         """Read tensor ``name``, or the part of it selected by ``index``.
 
         Parameters
@@ -456,11 +508,19 @@ class Checkpoint(Mapping):
             ``verify`` setting for whole reads and to False for reads with an
             ``index`` (a CRC covers the whole tensor; ``verify=True`` reads it
             all once).
+        writable : bool
+            Return an array the caller may write.  The first such read of a
+            tensor views a private copy-on-write map of the data file
+            (``MAP_PRIVATE``): writes copy only the pages they touch and
+            never reach the file.  Later writable reads of the same tensor
+            (the first caller may have written it) and bytes that need
+            converting get copies, so writable arrays never share memory.
 
         Returns
         -------
         numpy.ndarray
-            Read-only; a view of the memory map where the bytes allow.
+            Read-only unless ``writable``; a view of the memory map where the
+            bytes allow.
 
         Raises
         ------
@@ -483,10 +543,11 @@ class Checkpoint(Mapping):
                 if norm is not None:
                     rows, index = norm[:2], norm[2]
             arr = self._read_partitioned(i, name, e, verify, rows)
-            return arr if index is None else arr[index]
+            arr = arr if index is None else arr[index]
+            return _writable(arr) if writable else arr
         if index is not None and verify and i not in self._verified:
             self._read_plain(i, name, e, True)
-        return self._read_plain(i, name, e, verify and index is None, index)
+        return self._read_plain(i, name, e, verify and index is None, index, writable)
 
     def release(self, name: str) -> None:
         """Drop the pages holding ``name``'s bytes from this process's memory.
@@ -568,6 +629,7 @@ class Checkpoint(Mapping):
             shards, self._shards = self._shards, {}
         for shard in shards.values():
             close_map(shard.buffer)
+            close_map(shard.private)
             shard.file.close()
 
     def __enter__(self: _Self) -> _Self:
@@ -601,6 +663,18 @@ def _check_versions(path, v) -> None:
 
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
+
+
+def _writable(arr):
+    """``arr`` made writable: readers build their converted arrays afresh, so only
+    the caller sees them; a view of a read-only map (numpy refuses the flag) is
+    copied instead."""
+    if not arr.flags.writeable:
+        try:
+            arr.flags.writeable = True
+        except ValueError:
+            arr = arr.copy()
+    return arr
 
 
 # ---- module-level convenience functions ----------------------------------

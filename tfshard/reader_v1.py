@@ -24,7 +24,14 @@ from .errors import (
     UnsupportedError,
 )
 from .paths import resolve_prefix, v1_files
-from .reader import Checkpoint, TensorInfo, _check_versions, _encode, _normalize_rows
+from .reader import (
+    Checkpoint,
+    TensorInfo,
+    _check_versions,
+    _encode,
+    _normalize_rows,
+    _writable,
+)
 from .slices import assemble, covering, prod, spec
 
 __all__ = ["V1Checkpoint"]
@@ -264,7 +271,8 @@ class V1Checkpoint(Checkpoint):
         return assemble(region, boxes, pieces, values,
                         dt.numpy if dt.kind != dtypes.STRING else object)
 
-    def read(self, name: str, index=None, *, verify: bool | None = None):
+    def read(self, name: str, index=None, *, verify: bool | None = None,
+             writable: bool = False):
         """Read tensor ``name``, or the part of it selected by ``index``.
 
         Parameters
@@ -276,11 +284,13 @@ class V1Checkpoint(Checkpoint):
             stored slices that intersect it.
         verify : bool, optional
             Accepted for API compatibility; V1 has no per-tensor checksum.
+        writable : bool
+            Return the decoded copy writable.
 
         Returns
         -------
         numpy.ndarray
-            A read-only array (a decoded copy).
+            A decoded copy, read-only unless ``writable``.
 
         Raises
         ------
@@ -309,7 +319,8 @@ class V1Checkpoint(Checkpoint):
             if norm is not None:
                 rows, index = norm[:2], norm[2]
         arr = self._assemble(t, dt, rows)
-        return arr if index is None else arr[index]
+        arr = arr if index is None else arr[index]
+        return _writable(arr) if writable else arr
 
     def release(self, name: str) -> None:
         """A no-op for V1 (values are decoded copies); checks that ``name`` exists."""
