@@ -38,6 +38,10 @@ uint64_t tfs_load_le64(const uint8_t *p);
 uint32_t tfs_load_be32(const uint8_t *p);
 /* CRC-32C of p[0..n) continued from crc (0 to start); as crc32c.crc32c(data, crc). */
 uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n);
+/* The same, always by the portable slicing-by-8 loop (for tests and comparisons). */
+uint32_t tfs_crc32c_portable(uint32_t crc, const uint8_t *p, size_t n);
+/* 1 if tfs_crc32c_extend uses CRC instructions of this CPU, else 0. */
+int tfs_crc32c_hardware(void);
 /* CRC-32C of A followed by B, from crc_a = CRC-32C(A), crc_b = CRC-32C(B) and B's length:
  * lets pieces of one buffer be checksummed in parallel. */
 uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);

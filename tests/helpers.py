@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "SHARED_CORPUS",
+    "corpus_missing_reason",
     "TF_TO_NUMPY_DTYPE",
     "SAVEV2_DTYPES",
     "corpus_checkpoints",
@@ -35,6 +37,21 @@ __all__ = [
     "random_tf_tensor",
     "tensor_sha256",
 ]
+
+
+#: Real checkpoints kept beside the repository (``../shared/corpus``), never copied into it.
+#: Optional for users; under CI=true every test that needs them must find them.
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def corpus_missing_reason(name: str) -> str | None:
+    """Why the shared corpus folder ``name`` (``"tf-serving"``, ``"realworld"``) cannot be
+    used, or None when it is there: the reason of a skip outside CI."""
+    folder = SHARED_CORPUS / name
+    if (folder / "manifest.json").is_file():
+        return None
+    return (f"the shared corpus {folder} is absent (real checkpoints that live beside the "
+            f"repository, not in it)")
 
 
 def tensor_sha256(array) -> str:

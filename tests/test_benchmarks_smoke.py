@@ -101,7 +101,8 @@ def test_bench_write_quick(tmp_path):
     assert list(work.iterdir()) == [], list(work.iterdir())
 
 
-CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory")
+CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory", "avg_bert", "avg_bert_rss",
+                 "avg_memory", "avg_memory_n")
 
 
 def test_bench_convert_help():
@@ -124,8 +125,9 @@ def test_bench_convert_quick(tmp_path):
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
     assert rows["tf_to_st"]["tf"] is not None, f"the reference script was not timed\n{output}"
+    assert rows["avg_bert"]["tf"] is not None, f"the averaging script was not timed\n{output}"
     # Only the cached inputs remain: the scratch directory for outputs is removed.
-    assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-"))
+    assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-", "convert-avg-"))
                for p in work.iterdir()), list(work.iterdir())
 
 

@@ -34,7 +34,7 @@ import crc32c
 import ml_dtypes
 import numpy as np
 import pytest
-from helpers import tensor_sha256
+from helpers import SHARED_CORPUS, corpus_missing_reason, tensor_sha256
 
 import bundle_builder as bb
 import tfshard
@@ -48,7 +48,7 @@ from tfshard.errors import (
 )
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
-CORPUS = Path(__file__).parents[2] / "shared" / "corpus" / "tf-serving"
+CORPUS = SHARED_CORPUS / "tf-serving"
 
 # DataType codes used below (FORMAT.md §10).
 FLOAT, UINT8, STRING, RESOURCE, VARIANT = 1, 4, 7, 20, 21
@@ -296,7 +296,7 @@ def make_sample(source: str, tmp_path: Path) -> Sample:
     else:
         src = SOURCES[source]
         if not (src.parent / (src.name + ".index")).is_file():
-            pytest.skip(f"{src}.index is absent")
+            pytest.skip(corpus_missing_reason("tf-serving") or f"{src}.index is absent")
         prefix = copy_checkpoint(src, dest)
     index_path = Path(prefix + ".index")
     data_paths = {}
@@ -1346,4 +1346,4 @@ def test_entries_sharing_bytes_are_reported(tmp_path):
 def test_golden_checkpoints_have_no_overlapping_tensors():
     for prefix in GOLDEN.glob("*/*.index"):
         with tfshard.open(str(prefix)[:-len(".index")]) as ckpt:
-            assert ckpt._overlaps() == [], prefix
+            assert ckpt.overlaps() == [], prefix

@@ -13,6 +13,7 @@ from .errors import (
     CorruptCheckpointError,
     IncompatibleVersionError,
     InvalidTensorError,
+    NothingSelectedError,
     OutputExistsError,
     RestoreError,
     TensorNotFoundError,
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "NothingSelectedError",
     "RestoreError",
     "load_checkpoint",
     "CheckpointReader",
@@ -59,6 +61,8 @@ __all__ = [
     "strip",
     "diff",
     "verify",
+    "average",
+    "reshard",
 ]
 
 # Writing and conversion load on first use: they import numpy and the format
@@ -69,13 +73,24 @@ _LAZY = {
     "load_checkpoint": "checkpoint_reader", "CheckpointReader": "checkpoint_reader",
     "safe_open": "frameworks",
     **{name: "conversion" for name in
-       ("convert", "extract", "merge", "rename", "strip", "diff", "verify")},
+       ("convert", "extract", "merge", "rename", "strip", "diff", "verify", "average",
+        "reshard")},
 }
 
 if TYPE_CHECKING:
     from .checkpoint_reader import CheckpointReader, load_checkpoint  # noqa: F401
     from .frameworks import safe_open  # noqa: F401
-    from .conversion import convert, diff, extract, merge, rename, strip, verify  # noqa: F401
+    from .conversion import (  # noqa: F401
+        average,
+        convert,
+        diff,
+        extract,
+        merge,
+        rename,
+        reshard,
+        strip,
+        verify,
+    )
     from .manager import CheckpointManager  # noqa: F401
     from .parts import merge_parts  # noqa: F401
     from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save  # noqa: F401

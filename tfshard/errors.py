@@ -19,6 +19,7 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "NothingSelectedError",
     "RestoreError",
 ]
 
@@ -35,6 +36,10 @@ class TFShardError(Exception):
     offset : int or None
         Byte offset in ``path`` where the problem was found, when known.
     """
+
+    path: str | None
+    key: str | None
+    offset: int | None
 
     def __init__(self, message: str, *, path=None, key=None, offset=None):
         super().__init__(message)
@@ -83,6 +88,11 @@ class WriterClosedError(TFShardError, ValueError):
 class OutputExistsError(TFShardError, FileExistsError):
     """The output of a save or conversion already exists and ``overwrite`` was not
     given; nothing was written."""
+
+
+class NothingSelectedError(TensorNotFoundError):
+    """A selection of tensors (``include`` patterns, filters) chose none, or a pattern
+    matched no tensor; nothing was written."""
 
 
 class RestoreError(TFShardError, ValueError):

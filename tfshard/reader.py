@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import _index, dtypes
 from .errors import (
@@ -28,6 +28,9 @@ from .errors import (
 from ._util import close_map, drop_pages, gc_paused
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import assemble, covering, prod, spec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
 # read, not at module level: opening and listing a checkpoint (all that
@@ -139,6 +142,9 @@ def _normalize_rows(index, dim0: int):
             raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {dim0}")
         return i, i + 1, (0,) + tail
     return None
+
+
+_Self = TypeVar("_Self", bound="Checkpoint")
 
 
 class Checkpoint(Mapping):
@@ -616,11 +622,11 @@ class Checkpoint(Mapping):
                 self.read(name, verify=True)
             except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
                 bad.append((name, exc))
-        return bad + self._overlaps()
+        return bad + self.overlaps()
 
-    def _overlaps(self) -> list:
+    def overlaps(self) -> list:
         """``[(name, CorruptCheckpointError)]`` for tensors whose bytes overlap another's
-        in a data file.  A checksum cannot catch an entry that points at another tensor
+        in a data file (:meth:`verify_all` includes them).  A checksum cannot catch an entry that points at another tensor
         together with that tensor's CRC; TF's writer never lays tensors over each other."""
         spans = []
         table = self._table
@@ -669,7 +675,7 @@ class Checkpoint(Mapping):
             close_map(shard.private)
             shard.file.close()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc):

@@ -349,8 +349,8 @@ class V1Checkpoint(Checkpoint):
                 bad.append((name, exc))
         return bad
 
-    def _overlaps(self) -> list:
-        # V1 records hold their own values: tensors cannot share bytes.
+    def overlaps(self) -> list:
+        """Always empty: V1 records hold their own values, so tensors cannot share bytes."""
         return []
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from . import _build, _index, dtypes
 from ._util import atomic_write, fsync_directory, gc_paused, remove_file, temp_name
@@ -82,6 +83,9 @@ class _Partitioned:
         self.dtype = dtype
         self.shape = shape
         self.slices: list = []
+
+
+_Self = TypeVar("_Self", bound="CheckpointWriter")
 
 
 class CheckpointWriter:
@@ -523,7 +527,7 @@ class CheckpointWriter:
                 pass
             remove_file(shard.path)
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, exc_type, exc, tb):

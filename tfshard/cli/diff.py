@@ -12,6 +12,7 @@ from ._common import (
     dump_json,
     json_float,
     plural,
+    progress,
     tolerance_arg,
 )
 
@@ -19,7 +20,8 @@ from ._common import (
 def run(args) -> int:
     from tfshard import conversion
 
-    report = conversion.diff(args.a, args.b, atol=args.atol, rtol=args.rtol)
+    report = conversion.diff(args.a, args.b, atol=args.atol, rtol=args.rtol,
+                             progress=progress(args))
     if args.json:
         dump_json({
             "a": args.a, "b": args.b, "same": report.same, "compared": report.compared,
@@ -68,3 +70,4 @@ def add_parser(sub) -> None:
     diff.add_argument("--rtol", type=tolerance_arg, default=0.0, metavar="X",
                       help="tolerance relative to |b| (default: 0)")
     diff.add_argument("--json", action="store_true", help="print JSON instead of text")
+    diff.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

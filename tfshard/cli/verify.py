@@ -1,4 +1,5 @@
-"""``tfshard verify``: check every checksum and index entry of a TF checkpoint."""
+"""``tfshard verify``: check every checksum and index entry of a TF checkpoint (or the
+checksums tfshard records in a safetensors file)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def run(args) -> int:
 
     report = conversion.verify(args.path, progress=progress(args))
     if args.json:
-        dump_json({"path": args.path, "ok": report.ok, "checked": report.checked,
+        dump_json({"path": report.path, "ok": report.ok, "checked": report.checked,
                     "nbytes": report.nbytes,
                     "problems": [{"name": n, "message": m} for n, m in report.problems],
-                    "notes": list(report.notes)})
+                    "notes": list(report.notes), "missing_files": report.missing_files})
     else:
         for name, message in report.problems:
             print(f"BAD  {name}: {message}")
@@ -29,10 +30,13 @@ def run(args) -> int:
             print(f"note: {note}")
         if report.ok:
             print(f"OK: {plural(report.checked, 'tensor')} ({human_bytes(report.nbytes)}) "
-                  f"checked: {args.path}")
+                  f"checked: {report.path}")
         else:
-            print(f"FAILED: {len(report.problems)} of {plural(report.checked, 'tensor')} bad: "
-                  f"{args.path}")
+            missing = len(report.missing_files)
+            bad = f"{len(report.problems) - missing} of {plural(report.checked, 'tensor')} bad"
+            if missing:
+                bad = f"{plural(missing, 'data file')} missing, {bad}"
+            print(f"FAILED: {bad}: {report.path}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -41,11 +45,14 @@ def add_parser(sub) -> None:
         sub, "verify", run, "check every checksum of a TF checkpoint",
         "Read every tensor of a TensorFlow checkpoint and check its CRC-32C and index entry, "
         "reporting every bad tensor (not just the first) and notes about the checkpoint as a "
-        "whole. Exit status 1 when anything is wrong.",
+        "whole. A .safetensors file (or .safetensors.index.json) is checked against the "
+        "CRC-32C of each tensor that tfshard records in its metadata. Exit status 1 when "
+        "anything is wrong.",
         ["tfshard verify train/ckpt-100",
-         "tfshard verify train/ --json"])
+         "tfshard verify train/ --json",
+         "tfshard verify model.safetensors"])
     verify.add_argument("path", metavar="PATH",
                         help="checkpoint prefix, its .index file, a data shard, or a directory "
-                             "with a 'checkpoint' state file")
+                             "with a 'checkpoint' state file; or a .safetensors file")
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

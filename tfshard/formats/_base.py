@@ -12,6 +12,7 @@ import difflib
 import glob
 import json
 import os
+from typing import TypeVar
 
 from .. import dtypes
 from ..errors import (
@@ -229,6 +230,10 @@ def _is_plain_filename(name) -> bool:
 
 # ---- reading ------------------------------------------------------------------------
 
+_Source = TypeVar("_Source", bound="Source")
+_Sink = TypeVar("_Sink", bound="Sink")
+
+
 class Source:
     """A model opened for reading, one tensor at a time.  Create with :func:`open_source`.
 
@@ -375,7 +380,7 @@ class Source:
     def __contains__(self, name) -> bool:
         return name in set(self.names())
 
-    def __enter__(self):
+    def __enter__(self: _Source) -> _Source:
         return self
 
     def __exit__(self, *exc):
@@ -438,18 +443,24 @@ def _check_plan(plan, fmt: str, path: str) -> dict:
         if any(d < 0 for d in shape):
             raise InvalidTensorError(f"tensor {name!r}: negative dimension in {list(shape)}",
                                      key=name)
-        if not _holds(fmt, dt.name):
-            can = [f for f in FORMATS if _holds(f, dt.name)]
-            raise UnsupportedError(
-                f"tensor {name!r} is {dt.name}, which the {fmt} format cannot hold; write it to "
-                f"{' or '.join(can)}, cast it, or leave it out (nothing was written)",
-                path=path, key=name)
-        problem = _NAME_RULES.get(fmt, lambda n: None)(name)
+        problem = unsupported(fmt, name, dt.name)
         if problem:
-            raise UnsupportedError(f"tensor name {name!r} cannot be stored in {fmt}: {problem} "
-                                   f"(nothing was written)", path=path, key=name)
+            raise UnsupportedError(f"{problem} (nothing was written)", path=path, key=name)
         out[name] = (dt, shape)
     return out
+
+
+def unsupported(fmt: str, name: str, dtype_name: str) -> str | None:
+    """Why format ``fmt`` cannot store tensor ``name`` of TF dtype ``dtype_name``, or None
+    when it can."""
+    if not _holds(fmt, dtype_name):
+        can = [f for f in FORMATS if _holds(f, dtype_name)]
+        return (f"tensor {name!r} is {dtype_name}, which the {fmt} format cannot hold; write "
+                f"it to {' or '.join(can)}, cast it, or leave it out")
+    problem = _NAME_RULES.get(fmt, lambda n: None)(name)
+    if problem:
+        return f"tensor name {name!r} cannot be stored in {fmt}: {problem}"
+    return None
 
 
 def _has_surrogates(name: str) -> bool:
@@ -515,6 +526,11 @@ class Sink:
     """
 
     format = ""
+    _on_write = None
+    #: Whether the format's bytes are written at :meth:`commit` rather than by
+    #: :meth:`add` (torch files); a progress display then counts them through the
+    #: ``on_write`` callback of :meth:`commit`.
+    writes_at_commit = False
 
     def __init__(self, path: str, plan: dict, *, max_shard_size, overwrite: bool):
         self.path = path
@@ -560,8 +576,14 @@ class Sink:
         self._write(name, dt, shape, array)
         self._added.add(name)
 
-    def commit(self) -> list:
+    def commit(self, on_write=None) -> list:
         """Finish the output and move it into place.
+
+        Parameters
+        ----------
+        on_write : callable, optional
+            Called with a number of bytes as the commit writes them (only formats
+            that write at commit, see :attr:`writes_at_commit`, call it).
 
         Returns
         -------
@@ -584,6 +606,7 @@ class Sink:
                     f"{len(missing)} planned tensor(s) were never added ({listed}"
                     f"{', ...' if len(missing) > 5 else ''}); nothing was written to {self.path}",
                     path=self.path)
+            self._on_write = on_write
             files = self._commit()
         except BaseException:
             self.abort()
@@ -648,7 +671,7 @@ class Sink:
                                          f"{exc}", path=self.path, key=name) from None
         return arr
 
-    def __enter__(self):
+    def __enter__(self: _Sink) -> _Sink:
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -13,10 +13,13 @@ import os
 import re
 import sys
 
+import crc32c
+
 from .. import dtypes
 from .._util import atomic_write, close_map, drop_pages, remove_file, temp_name
 from ..errors import (
     CheckpointNotFoundError,
+    ChecksumMismatchError,
     CorruptCheckpointError,
     OutputExistsError,
     UnsupportedError,
@@ -43,6 +46,13 @@ from ._base import (
 # The safetensors library refuses headers above this size; so do we, which
 # also bounds what a hostile length field makes us read.
 _ST_MAX_HEADER = 100_000_000
+
+#: The ``__metadata__`` key under which tfshard records every tensor's CRC-32C:
+#: its value is a JSON object (as a string, since metadata values are strings)
+#: mapping each tensor name of the file to the CRC-32C (Castagnoli, unmasked) of
+#: the tensor's bytes as stored in the file, as 8 lowercase hex digits.
+CHECKSUM_KEY = "tfshard.crc32c"
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
 
 
 class _STEntry:
@@ -78,6 +88,7 @@ class _STFile:
             self.data_start = 8 + length
             self.size = size
             self.metadata, self.entries = _parse_st_header(raw, path, self, size - 8 - length)
+            self.crcs = _parse_checksums(self.metadata, self.entries, path)
             self.buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def close(self):
@@ -152,6 +163,25 @@ def _parse_st_header(raw: bytes, path: str, file, data_size: int):
     return metadata or {}, entries
 
 
+def _parse_checksums(metadata: dict, entries: dict, path: str) -> dict:
+    """``{tensor name: CRC-32C}`` from a header's :data:`CHECKSUM_KEY` (``{}`` when
+    there is none).  Entries for tensors the file does not hold are ignored: a tool
+    that dropped tensors but kept the metadata leaves nothing wrong to check."""
+    text = metadata.get(CHECKSUM_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text)
+    except (ValueError, RecursionError):
+        table = None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, str) and _CRC_RE.fullmatch(v) for v in table.values()):
+        raise CorruptCheckpointError(
+            f"{path}: __metadata__[{CHECKSUM_KEY!r}] is not a JSON object of tensor names to "
+            f"8-digit lowercase hex CRC-32C values", path=path, key=CHECKSUM_KEY, offset=8)
+    return {name: int(v, 16) for name, v in table.items() if name in entries}
+
+
 def _safetensors_inputs(path: str):
     """The files of a (possibly sharded) safetensors model and its weight map
     (None when there is no index file)."""
@@ -203,10 +233,12 @@ class _SafetensorsSource(Source):
 
     format = "safetensors"
 
-    def __init__(self, path):
+    def __init__(self, path, *, verify: bool = True):
         super().__init__(path)
         self._files: list = []
         self._entries: dict = {}
+        self.verify = verify
+        self._verified: set = set()
         try:
             paths, weight_map = _safetensors_inputs(path)
             opened = {}
@@ -274,8 +306,6 @@ class _SafetensorsSource(Source):
             raise UnsupportedError(f"tensor {name!r} has rank {len(e.shape)}; numpy allows 64",
                                    path=e.file.path, key=name)
         count = prod(e.shape)
-        if count == 0:
-            return _empty(e.shape, dt.numpy, e.file.path, name)
         f = e.file
         start = f.data_start + e.begin
         # A file truncated after it was mapped would fault (SIGBUS) when a view
@@ -286,10 +316,30 @@ class _SafetensorsSource(Source):
                 f"{f.path} is {current} bytes, but tensor {name!r} needs bytes "
                 f"[{start}, {f.data_start + e.end}) (the file was truncated)",
                 path=f.path, key=name, offset=start)
+        if self.verify and name in f.crcs and name not in self._verified:
+            self._check_crc(name, e, start)
+        if count == 0:
+            return _empty(e.shape, dt.numpy, e.file.path, name)
         arr = np.frombuffer(f.buffer, dtype=dt.numpy, count=count, offset=start)
         if sys.byteorder == "big" and dt.swap:
             arr = _byteswapped(arr, dt)
         return arr.reshape(e.shape)
+
+    @property
+    def checksummed(self) -> set:
+        """The tensors whose CRC-32C the files record (:data:`CHECKSUM_KEY`)."""
+        return {name for name, e in self._entries.items() if name in e.file.crcs}
+
+    def _check_crc(self, name, e, start):
+        f = e.file
+        with memoryview(f.buffer) as whole, whole[start:f.data_start + e.end] as data:
+            crc = crc32c.crc32c(data)
+        if crc != f.crcs[name]:
+            raise ChecksumMismatchError(
+                f"{f.path}: tensor {name!r} has CRC-32C {crc:08x}, but the file's "
+                f"__metadata__ records {f.crcs[name]:08x} (the data changed after it was "
+                f"written)", path=f.path, key=name, offset=start)
+        self._verified.add(name)
 
     def _close(self):
         for f in self._files:
@@ -323,9 +373,10 @@ def _shard_groups(plan: dict, max_shard_size) -> list:
 
 
 class _STShard:
-    """One safetensors file being written: its header, and each tensor's offset."""
+    """One safetensors file being written: its header, each tensor's offset, and
+    where in the header each tensor's CRC-32C goes once its bytes are written."""
 
-    def __init__(self, final: str, names: list, plan: dict):
+    def __init__(self, final: str, names: list, plan: dict, metadata: dict):
         self.final = final
         self.path = temp_name(final)  # where it is until the commit renames it
         # Larger elements first: with the data section starting on a multiple of
@@ -340,13 +391,45 @@ class _STShard:
                             "data_offsets": [offset, offset + size]}
             self.offsets[name] = offset
             offset += size
-        raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        raw, crc_at = _header_bytes(header, metadata, ordered)
         raw += b" " * (-len(raw) % 8)
         self.data_start = 8 + len(raw)
         self.data_size = offset
+        self.crc_at = {name: 8 + at for name, at in crc_at.items()}  # file offsets
+        self.crcs: dict = {}
         with builtins.open(self.path, "xb") as f:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
+
+
+_CRC_PLACEHOLDER = "0" * 8
+
+
+def _header_bytes(header: dict, metadata: dict, names: list):
+    """The JSON header: ``__metadata__`` first (``metadata`` plus a
+    :data:`CHECKSUM_KEY` entry holding a placeholder per tensor), then the
+    tensors.  Returns the bytes and, for each name, the byte offset of its
+    placeholder, which the commit overwrites with the tensor's CRC-32C (hex
+    digits need no JSON escaping, so the header's length never changes)."""
+    def dumps(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def escaped(text):  # ``text`` as it appears inside a JSON string
+        return dumps(text)[1:-1]
+
+    out = bytearray(b'{"__metadata__":{')
+    for key, value in metadata.items():
+        if key != CHECKSUM_KEY:
+            out += f"{dumps(key)}:{dumps(value)},".encode("utf-8")
+    out += f'{dumps(CHECKSUM_KEY)}:"'.encode("utf-8") + escaped("{").encode("utf-8")
+    crc_at = {}
+    for i, name in enumerate(names):
+        out += escaped(("," if i else "") + dumps(name) + ':"').encode("utf-8")
+        crc_at[name] = len(out)
+        out += escaped(_CRC_PLACEHOLDER + '"').encode("utf-8")
+    out += escaped("}").encode("utf-8") + b'"}'
+    out += (b"," + dumps(header)[1:].encode("utf-8")) if header else b"}"
+    return bytes(out), crc_at
 
 
 def _raw_bytes(arr):
@@ -374,7 +457,7 @@ class _SafetensorsSink(Sink):
     _shards: list = []
     _handle = _handle_shard = None
 
-    def __init__(self, path, plan, *, max_shard_size, overwrite):
+    def __init__(self, path, plan, *, max_shard_size, overwrite, metadata=None):
         super().__init__(path, plan, max_shard_size=max_shard_size, overwrite=overwrite)
         low = path.lower()
         if low.endswith(_ST_INDEX_SUFFIX):
@@ -408,7 +491,7 @@ class _SafetensorsSink(Sink):
         self._created_dirs = _make_dirs(directory)
         try:
             for final, names in zip(finals, groups):
-                shard = _STShard(final, names, plan)
+                shard = _STShard(final, names, plan, metadata or {})
                 self._shards.append(shard)
                 for name in names:
                     self._where[name] = shard
@@ -435,16 +518,27 @@ class _SafetensorsSink(Sink):
         # follow the previous one's: seek there (holes are filled by later adds).
         self._handle.seek(shard.data_start + shard.offsets[name])
         if arr.nbytes:
-            self._handle.write(_raw_bytes(arr))
+            raw = _raw_bytes(arr)
+            shard.crcs[name] = crc32c.crc32c(raw)
+            self._handle.write(raw)
+        else:
+            shard.crcs[name] = 0
 
     def _close_handle(self):
         if self._handle is not None:
             handle, self._handle, self._handle_shard = self._handle, None, None
             handle.close()
 
+    def _write_checksums(self, shard):
+        with builtins.open(shard.path, "r+b") as f:
+            for name, at in shard.crc_at.items():
+                f.seek(at)
+                f.write(b"%08x" % shard.crcs[name])
+
     def _commit(self):
         self._close_handle()
         for shard in self._shards:
+            self._write_checksums(shard)
             size = os.path.getsize(shard.path)
             if size != shard.data_start + shard.data_size:  # every byte written exactly once
                 raise CorruptCheckpointError(

@@ -180,6 +180,7 @@ class _TorchSink(Sink):
     writes them all at once, so memory grows to the whole model."""
 
     format = "torch"
+    writes_at_commit = True
     _temp = None
 
     def __init__(self, path, plan, *, max_shard_size, overwrite):
@@ -202,7 +203,8 @@ class _TorchSink(Sink):
         self._created_dirs = _make_dirs(os.path.dirname(self.path))
         self._temp = temp_name(self.path)
         with builtins.open(self._temp, "xb") as f:
-            self._torch.save({n: self._tensors[n] for n in self._plan}, f)
+            out = f if self._on_write is None else _CountingWriter(f, self._on_write)
+            self._torch.save({n: self._tensors[n] for n in self._plan}, out)
         self._tensors.clear()
         return [_install_file(self, self._temp, self.path)]
 
@@ -210,3 +212,18 @@ class _TorchSink(Sink):
         self._tensors.clear()
         if self._temp is not None:
             remove_file(self._temp)
+
+
+class _CountingWriter:
+    """A binary file that reports each write's size: torch.save has no progress hook."""
+
+    def __init__(self, file, on_write):
+        self._file, self._on_write = file, on_write
+
+    def write(self, data) -> int:
+        n = self._file.write(data)
+        self._on_write(n)
+        return n
+
+    def flush(self):
+        self._file.flush()
