@@ -18,6 +18,8 @@ changes the file or another array.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from . import dtypes
 from .errors import UnsupportedError
 from .reader import Checkpoint
@@ -149,6 +151,9 @@ def _name(name) -> str:
     return name
 
 
+_Self = TypeVar("_Self", bound="CheckpointReader")
+
+
 class CheckpointReader:
     """Read a checkpoint the way ``tf.train.load_checkpoint``'s reader does.
 
@@ -227,7 +232,7 @@ class CheckpointReader:
         """Release the files.  Idempotent; arrays already returned stay valid."""
         self._ckpt.close()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc):

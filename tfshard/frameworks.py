@@ -26,6 +26,7 @@ import importlib
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from . import dtypes
 from .errors import UnsupportedError
@@ -283,6 +284,9 @@ class TensorSlice:
         return f"<tfshard.TensorSlice {self._info.name!r} {self._dt.name} {self.get_shape()}>"
 
 
+_Self = TypeVar("_Self", bound="SafeOpen")
+
+
 class SafeOpen:
     """A checkpoint opened like ``safetensors.safe_open``; see :func:`safe_open`."""
 
@@ -333,7 +337,7 @@ class SafeOpen:
         """Release the files.  Idempotent; arrays already returned stay valid."""
         self._ckpt.close()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc):

@@ -39,6 +39,7 @@ import numpy as np
 from . import dtypes, writer
 from .errors import InvalidTensorError, UnsupportedError
 from .formats._base import _TORCH_TYPES
+from .formats._torch import numpy_to_tensor, tensor_to_numpy
 from .frameworks import Framework, host_arrays
 from ._dcp import DCPReader, DCPWriter
 from .reader import Checkpoint
@@ -64,16 +65,6 @@ def _unsupported_reason(dt: dtypes.DType) -> str | None:
     if dt.kind == dtypes.SUBBYTE:
         return "torch has no one-element-per-byte type for it"
     return "torch has no such dtype"
-
-
-def _torch_dtype(dt: dtypes.DType):
-    return getattr(torch, dt.name)  # torch names its dtypes as TF does
-
-
-def _bits_only(dt: dtypes.DType) -> bool:
-    """Whether numpy holds ``dt`` as an ml_dtypes type (bfloat16, float8), which torch
-    takes only as the raw bits of an unsigned integer of the same size."""
-    return dt.numpy_name.startswith("ml_dtypes.")
 
 
 class _Torch(Framework):
@@ -112,12 +103,10 @@ FRAMEWORK = _Torch()
 
 def _as_tensor(arr, dt: dtypes.DType):
     """A CPU tensor sharing ``arr``'s memory where it is aligned for the element type
-    (a copy otherwise)."""
+    (a copy otherwise: torch faults writing through a misaligned view)."""
     if arr.dtype.itemsize and arr.ctypes.data % arr.dtype.itemsize:
         arr = arr.copy()
-    if _bits_only(dt):
-        return torch.from_numpy(arr.view(f"u{arr.dtype.itemsize}")).view(_torch_dtype(dt))
-    return torch.from_numpy(arr)
+    return numpy_to_tensor(arr)
 
 
 # ---- device loads ---------------------------------------------------------------------
@@ -168,7 +157,7 @@ def _load_staged(ckpt: Checkpoint, infos: list, copier, verify: bool) -> dict:
     for info, host in host_arrays(ckpt, infos, verify=verify, writable=False,
                                   lookahead=_LOOKAHEAD):
         dt = dtypes.by_name(info.dtype)
-        dst = copier.empty(tuple(info.shape), _torch_dtype(dt))
+        dst = copier.empty(tuple(info.shape), getattr(torch, dt.name))  # TF's names
         src = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
         flat = dst.reshape(-1).view(torch.uint8)
         for start in range(0, src.size, pinned[0].size):
@@ -228,22 +217,17 @@ def load_file(path, device="cpu", *, verify: bool = True, exclude=None,
 
 
 def _to_numpy(name, t):
-    """A CPU tensor's values as the numpy array tfshard writes (ml_dtypes for bfloat16
-    and float8)."""
+    """A tensor's values as the numpy array tfshard writes (ml_dtypes for bfloat16
+    and float8), brought to the host."""
     if not isinstance(t, torch.Tensor):
         raise InvalidTensorError(f"{name!r}: expected a torch.Tensor, got {type(t).__name__}",
                                  key=name)
     if t.layout != torch.strided or t.is_quantized:
         raise InvalidTensorError(f"{name!r}: cannot save a {t.layout} "
                                  f"{'quantized ' if t.is_quantized else ''}tensor", key=name)
-    dtype_name = str(t.dtype).replace("torch.", "")
-    if dtype_name not in _TORCH_TYPES:
+    if str(t.dtype).replace("torch.", "") not in _TORCH_TYPES:
         raise InvalidTensorError(f"{name!r}: {t.dtype} has no TensorFlow dtype", key=name)
-    t = t.detach().resolve_conj().resolve_neg().cpu().contiguous()
-    dt = dtypes.by_name(dtype_name)
-    if _bits_only(dt):
-        return t.view(getattr(torch, f"uint{8 * dt.itemsize}")).numpy().view(dt.numpy)
-    return t.numpy()
+    return tensor_to_numpy(t.detach().cpu().contiguous())
 
 
 def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | None = None,

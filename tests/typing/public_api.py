@@ -8,6 +8,7 @@ from typing_extensions import assert_type
 
 import tfshard
 from tfshard import conversion, formats
+from tfshard.frameworks import SafeOpen
 from tfshard.reader import TensorInfo
 
 
@@ -23,6 +24,14 @@ def reading(path: str) -> None:
     assert_type(tfshard.load(path), dict)
     assert_type(tfshard.list_variables(path), list)
     assert_type(tfshard.latest_checkpoint("train/"), "str | None")
+
+
+def framework_readers(path: str) -> None:
+    with tfshard.load_checkpoint(path) as reader:
+        assert_type(reader, tfshard.CheckpointReader)
+        assert_type(reader.get_variable_to_shape_map(), dict)
+    with tfshard.safe_open(path, framework="np") as f:
+        assert_type(f, SafeOpen)
 
 
 def writing(prefix: str, kernel: np.ndarray) -> None:

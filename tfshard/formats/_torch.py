@@ -45,25 +45,25 @@ def tensor_to_numpy(t):
     torch = _import_torch()
     t = t.resolve_conj().resolve_neg()
     dt = dtypes.by_name(str(t.dtype).replace("torch.", ""))
-    if dt.name == "bfloat16":
-        return t.view(torch.int16).numpy().view(dt.numpy)
-    if dt.name.startswith("float8"):
-        return t.view(torch.uint8).numpy().view(dt.numpy)
+    if _bits_only(dt.numpy):
+        return t.view(getattr(torch, f"uint{8 * dt.itemsize}")).numpy().view(dt.numpy)
     return t.numpy()
 
 
 def numpy_to_tensor(arr):
     """A CPU tensor sharing the memory of the writable numpy array ``arr`` (the
-    inverse of :func:`tensor_to_numpy`)."""
-    import numpy as np
-
+    inverse of :func:`tensor_to_numpy`; torch names its dtypes as TF does)."""
     torch = _import_torch()
-    name = arr.dtype.name
-    if name == "bfloat16":
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    if name.startswith("float8"):
-        return torch.from_numpy(arr.view(np.uint8)).view(getattr(torch, name))
+    if _bits_only(arr.dtype):
+        bits = torch.from_numpy(arr.view(f"u{arr.dtype.itemsize}"))
+        return bits.view(getattr(torch, arr.dtype.name))
     return torch.from_numpy(arr)
+
+
+def _bits_only(dtype) -> bool:
+    """Whether numpy ``dtype`` is an ml_dtypes type (bfloat16, float8...), which torch
+    exchanges with numpy only as the raw bits of an unsigned integer of its size."""
+    return dtype.type.__module__.split(".")[0] == "ml_dtypes"
 
 
 class _TorchSource(Source):
