@@ -8,16 +8,19 @@
 from typing import TYPE_CHECKING
 
 from .errors import (
+    CheckpointChangedError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     IncompatibleVersionError,
     InvalidTensorError,
     OutputExistsError,
+    ReadFailedError,
     RestoreError,
     TensorNotFoundError,
     TFShardError,
     UnsupportedError,
+    WriteFailedError,
     WriterClosedError,
 )
 from .paths import latest_checkpoint
@@ -48,6 +51,9 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "WriteFailedError",
+    "ReadFailedError",
+    "CheckpointChangedError",
     "RestoreError",
     "convert",
     "extract",

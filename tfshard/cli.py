@@ -20,6 +20,7 @@ import re
 import sys
 
 import tfshard
+from tfshard._util import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -118,7 +119,7 @@ def _plural(n: int, word: str) -> str:
 def _print_written(args, report, verb: str) -> None:
     if args.quiet:
         return
-    files = ", ".join(map(str, report.outputs)) or "(no file)"
+    files = ", ".join(printable(f) for f in report.outputs) or "(no file)"
     print(f"{verb} {_plural(report.tensors, 'tensor')} ({_human_bytes(report.nbytes)}): {files}")
 
 
@@ -194,14 +195,15 @@ def _cmd_ls(args) -> int:
         out.write("\n")
         return EXIT_OK
     shapes = ["[" + ", ".join(map(str, i.shape)) + "]" for i in infos]
-    w0 = max([4] + [len(i.name) for i in infos])
+    names = [printable(i.name) for i in infos]
+    w0 = max([4] + [len(n) for n in names])
     w1 = max([5] + [len(i.dtype) for i in infos])
     w2 = max([5] + [len(s) for s in shapes])
     lines = [f"{'NAME':<{w0}}  {'DTYPE':<{w1}}  {'SHAPE':<{w2}}  SIZE"]
-    lines += [f"{i.name:<{w0}}  {i.dtype:<{w1}}  {s:<{w2}}  {_human_bytes(i.nbytes)}"
-              for i, s in zip(infos, shapes)]
+    lines += [f"{n:<{w0}}  {i.dtype:<{w1}}  {s:<{w2}}  {_human_bytes(i.nbytes)}"
+              for n, i, s in zip(names, infos, shapes)]
     where = f"{num_shards} shard(s)" if fmt == "tf" else f"{fmt} format"
-    lines.append(f"{len(infos)} tensors, {_human_bytes(total)} in {where}: {prefix}")
+    lines.append(f"{len(infos)} tensors, {_human_bytes(total)} in {where}: {printable(prefix)}")
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -393,9 +395,9 @@ def _tree_lines(root, show_keys: bool) -> list:
     stack = [(child, "", i == len(kids) - 1) for i, child in enumerate(kids)][::-1]
     while stack:
         entry, indent, is_last = stack.pop()
-        head = indent + (last if is_last else tee) + entry["name"]
+        head = indent + (last if is_last else tee) + printable(entry["name"])
         if "ref" in entry:
-            head += f" -> {entry['ref'] or '(root)'}"
+            head += f" -> {printable(entry['ref'] or '(root)')}"
         rows.append((head, _columns(entry, show_keys) if "key" in entry else None))
         kids = entry.get("children") or []
         below = indent + (blank if is_last else bar)
@@ -432,9 +434,9 @@ def _columns(entry, show_keys: bool) -> list:
     if slot_of and slot_of["kind"] != "reference":  # a reference slot sits under its variable
         cols.append(f"({slot_of['slot']} slot of {slot_of['variable']})")
     if show_keys:
-        cols.append(f"key: {entry['key']}")
+        cols.append(f"key: {printable(entry['key'])}")
         if entry.get("full_name"):
-            cols.append(f"name: {entry['full_name']}")
+            cols.append(f"name: {printable(entry['full_name'])}")
     return cols
 
 
@@ -470,7 +472,7 @@ def _ls_tree(args) -> int:
             doc["outside_tree"] = outside["children"]
         _dump_json(doc)
         return EXIT_OK
-    lines = [str(prefix)] + _tree_lines(root, args.keys)
+    lines = [printable(prefix)] + _tree_lines(root, args.keys)
     if outside is not None and outside["children"]:
         lines.append("(tensors no object path names)")
         lines += _tree_lines(outside, args.keys)
@@ -478,7 +480,7 @@ def _ls_tree(args) -> int:
     what = (f"object graph of {_plural(len(graph), 'object')}" if graph is not None
             else "name scopes")
     lines.append(f"{_plural(len(shown), 'tensor')}, {_human_bytes(total)} in {where} "
-                 f"({what}): {prefix}")
+                 f"({what}): {printable(prefix)}")
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -595,7 +597,7 @@ def _cmd_show(args) -> int:
                                 for k, v in stats.items()}
             _dump_json(doc)
             return EXIT_OK
-        print(f"{args.name}: {dtype} {_shape(shape)}")
+        print(f"{printable(args.name)}: {dtype} {_shape(shape)}")
         if args.stats:
             if stats is None:
                 print(f"no statistics for {dtype} tensors ({array.size} elements)")
@@ -627,7 +629,7 @@ def _cmd_verify(args) -> int:
                     "notes": list(report.notes)})
     else:
         for name, message in report.problems:
-            print(f"BAD  {name}: {message}")
+            print(f"BAD  {printable(name)}: {printable(message)}")
         for note in report.notes:
             print(f"note: {note}")
         if report.ok:
@@ -691,7 +693,7 @@ def _cmd_merge(args) -> int:
         print(f"{_plural(len(report.dropped), 'conflicting tensor')} dropped "
               f"(--on-conflict {args.on_conflict} keeps the {kept} source's):")
         for entry in report.dropped:
-            print(f"  {entry}")
+            print(f"  {printable(entry)}")
     return EXIT_OK
 
 
@@ -709,10 +711,10 @@ def _cmd_rename(args) -> int:
                     "dry_run": args.dry_run, "renamed": changed, "unchanged": unchanged})
         return EXIT_OK
     for old, new in changed.items():
-        print(f"{old} -> {new}")
+        print(f"{printable(old)} -> {printable(new)}")
     if args.all:
         for name in unchanged:
-            print(f"{name} (unchanged)")
+            print(f"{printable(name)} (unchanged)")
     where = "nothing written (--dry-run)" if args.dry_run else f"written to {args.output}"
     print(f"{_plural(len(changed), 'tensor')} renamed, {len(unchanged)} unchanged; {where}")
     return EXIT_OK
@@ -735,7 +737,7 @@ def _cmd_strip(args) -> int:
                     "saved_bytes": saved, "kept_bytes": kept_bytes})
         return EXIT_OK
     for name in dropped:
-        print(f"drop {name} ({_human_bytes(sizes[name])})")
+        print(f"drop {printable(name)} ({_human_bytes(sizes[name])})")
     if not dropped:
         print("no optimizer state found")
     where = "nothing written (--dry-run)" if args.dry_run else f"written to {args.output}"
@@ -763,15 +765,15 @@ def _cmd_diff(args) -> int:
         })
         return EXIT_OK if report.same else EXIT_FAILED
     for name in report.missing:
-        print(f"missing     {name}  (only in {args.a})")
+        print(f"missing     {printable(name)}  (only in {printable(args.a)})")
     for name in report.unexpected:
-        print(f"unexpected  {name}  (only in {args.b})")
+        print(f"unexpected  {printable(name)}  (only in {printable(args.b)})")
     for name, (x, y) in report.mismatched.items():
-        print(f"mismatched  {name}: {x} vs {y}")
+        print(f"mismatched  {printable(name)}: {x} vs {y}")
     for name, (d, r) in report.differing.items():
         detail = ("values differ" if math.isnan(d) and math.isnan(r)
                   else f"max abs diff {d:.6g}, max rel diff {r:.6g}")
-        print(f"differs     {name}: {detail}")
+        print(f"differs     {printable(name)}: {detail}")
     if report.same:
         print(f"same: {_plural(report.compared, 'tensor')} compared")
         return EXIT_OK
@@ -1047,6 +1049,14 @@ def main(argv=None) -> int:
             args.subparser.error("--keys needs --tree (the listing shows keys already)")
     except SystemExit as exc:  # usage errors (2), --help and --version (0): return, not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Anything printed that the terminal cannot encode (a lone surrogate missed by
+    # printable(), a name in a narrow locale) is escaped rather than a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     # Commands build large listings of small objects; the cyclic GC only costs time.
     gc_was_enabled = gc.isenabled()
     gc.disable()

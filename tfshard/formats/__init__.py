@@ -35,7 +35,8 @@ format holds:
 
 from __future__ import annotations
 
-from ..errors import InvalidTensorError, UnsupportedError
+from .._util import write_failed
+from ..errors import InvalidTensorError, TFShardError, UnsupportedError
 from . import _base, _numpy
 from ._base import (
     FORMATS,
@@ -45,6 +46,7 @@ from ._base import (
     _check_plan,
     _fspath,
     detect_format,
+    read_errors,
 )
 from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
 from ._safetensors import _SafetensorsSink, _SafetensorsSource
@@ -85,7 +87,8 @@ def open_source(path, fmt: str | None = None) -> Source:
     """
     path = _fspath(path)
     fmt = detect_format(path) if fmt is None else _check_format(fmt)
-    return _SOURCES[fmt](path)
+    with read_errors(path, f"the {fmt} model"):
+        return _SOURCES[fmt](path)
 
 
 _SOURCES = {"tf": _TFSource, "safetensors": _SafetensorsSource, "npz": _NpzSource,
@@ -146,7 +149,13 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
             raise UnsupportedError(f"max_shard_size applies to tf and safetensors outputs, "
                                    f"not {fmt}", path=path)
     checked = _check_plan(plan, fmt, path)
-    return _SINKS[fmt](path, checked, max_shard_size=max_shard_size, overwrite=bool(overwrite))
+    try:
+        return _SINKS[fmt](path, checked, max_shard_size=max_shard_size,
+                           overwrite=bool(overwrite))
+    except OSError as exc:  # the sink removed what it had created
+        if isinstance(exc, TFShardError):
+            raise
+        raise write_failed(exc, path, f"creating the {fmt} output") from None
 
 
 _SINKS = {"tf": _TFSink, "safetensors": _SafetensorsSink, "npz": _NpzSink, "npy": _NpySink,

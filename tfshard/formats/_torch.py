@@ -5,13 +5,12 @@ output is not streaming (``torch.save`` writes one dict at commit)."""
 
 from __future__ import annotations
 
-import builtins
 import os
 import warnings
 from collections.abc import Mapping
 
 from .. import dtypes
-from .._util import remove_file, temp_name
+from .._util import create_exclusive, remove_file, temp_name
 from ..errors import CorruptCheckpointError, UnsupportedError
 from ._base import (
     _TORCH_TYPES,
@@ -186,8 +185,16 @@ class _TorchSink(Sink):
     def _commit(self):
         self._created_dirs = _make_dirs(os.path.dirname(self.path))
         self._temp = temp_name(self.path)
-        with builtins.open(self._temp, "xb") as f:
-            self._torch.save({n: self._tensors[n] for n in self._plan}, f)
+        with os.fdopen(create_exclusive(self._temp), "wb") as f:
+            try:
+                self._torch.save({n: self._tensors[n] for n in self._plan}, f)
+            except Exception as exc:
+                # torch reports a failed write() of its zip writer as a RuntimeError
+                # ("unexpected pos ..."), the OSError only in the exception chain.
+                cause = _os_error_in(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from None
+                raise
         self._tensors.clear()
         return [_install_file(self, self._temp, self.path)]
 
@@ -195,3 +202,14 @@ class _TorchSink(Sink):
         self._tensors.clear()
         if self._temp is not None:
             remove_file(self._temp)
+
+
+def _os_error_in(exc):
+    """The first OSError in ``exc``'s chain of causes and contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
