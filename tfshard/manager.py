@@ -68,7 +68,8 @@ class CheckpointManager:
     -----
     After each successful save the manager sweeps ``directory`` for what
     killed saves leave, touching only names of its own pattern
-    (``<checkpoint_name>-<number>.*`` and the state file's temporary files):
+    (``<checkpoint_name>-<number>.*``, and temporary files of the state file and of
+    ``<checkpoint_name>.deleting``):
 
     * temporary files (``*.tempstate*``) that no live process holds and that
       are older than the save just made.  Every writer holds an ``flock`` on
@@ -264,13 +265,11 @@ class CheckpointManager:
             m = pattern.match(name)
             if m:
                 groups.setdefault(f"{self.checkpoint_name}-{m.group(1)}", []).append(name)
-            elif name.startswith(STATE_FILENAME + TEMP_MARK):
+            elif name.startswith((STATE_FILENAME + TEMP_MARK, journal_name + TEMP_MARK)):
                 path = os.path.join(self.directory, name)
                 if _older(path, reference):
                     remove_if_unused(path)
         for base, names in groups.items():
-            if base == os.path.basename(saved):
-                continue  # its commit cleaned up after itself
             number = int(base.rsplit("-", 1)[1])
             orphan = base not in listed and (base in deleting or number > newest_listed)
             tidy = base + ".index" in names and not any(

@@ -264,6 +264,10 @@ def resolve_prefix(path) -> str:
     v1 = _v1_prefix(path)
     if v1 is not None:
         return v1
+    if os.path.lexists(index_filename(path)):
+        # Something is there but is not a regular file (a FIFO, a directory, a
+        # symlink loop...): say exactly what, without blocking on it.
+        open_regular(index_filename(path), "index file").close()
     message = f"no checkpoint at {path!r}: {index_filename(path)} does not exist"
     near = _index_files_near(path)
     if near:

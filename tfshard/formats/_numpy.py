@@ -162,8 +162,10 @@ def _zip_errors(path: str, doing: str, name=None, where=None):
         raise UnsupportedError(f"{where or path}: {doing}: {exc}", path=path,
                                key=name) from None
     except Exception as exc:
-        raise CorruptCheckpointError(f"{where or path}: {doing}: {type(exc).__name__}: {exc}",
-                                     path=path, key=name) from None
+        # zipfile checks a compressed member's CRC-32 as it reads it to the end.
+        cls = ChecksumMismatchError if "CRC" in str(exc) else CorruptCheckpointError
+        raise cls(f"{where or path}: {doing}: {type(exc).__name__}: {exc}",
+                  path=path, key=name) from None
 
 
 class _NpyFilesSource(Source):

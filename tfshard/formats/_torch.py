@@ -19,7 +19,7 @@ from ._base import (
     _check_file_output,
     _install_file,
     _make_dirs,
-    _missing_file,
+    _open_binary,
 )
 
 
@@ -45,8 +45,9 @@ class _TorchSource(Source):
     def __init__(self, path):
         super().__init__(path)
         torch = _import_torch()
-        if not os.path.isfile(path):
-            raise _missing_file(path, "torch file")
+        # Checked (and refused if not a regular file) without blocking, before torch
+        # opens it by name.
+        _open_binary(path, "torch file").close()
         obj = self._load(torch, path)
         if not isinstance(obj, Mapping):
             raise UnsupportedError(f"{path} holds a {type(obj).__name__}; expected a dict of "
