@@ -88,7 +88,7 @@ def tensors(version: int, scale: int = 1) -> dict:
     """The tensors of save ``version``: a pure function of it (every value says
     which version and which row it belongs to)."""
     rows = ROWS * scale
-    emb = np.arange(rows * COLS, dtype=np.int32).reshape(rows, COLS) + np.int32(version << 20)
+    emb = np.arange(rows * COLS, dtype=np.int32).reshape(rows, COLS) + _row_base(version)
     out = {"version": np.int64(version), "emb": emb,
            "blob": np.full(200_000 * scale, version % 251, np.uint8),
            "tag": np.array([f"v{version}".encode()], dtype=object)}
@@ -97,9 +97,14 @@ def tensors(version: int, scale: int = 1) -> dict:
     return out
 
 
+def _row_base(version: int):
+    # Distinct for 2000 versions in a row (all a check ever tells apart), and in int32.
+    return np.int32((version % 2000) << 20)
+
+
 def rows_of(version: int, start: int, stop: int):
     return (np.arange(start * COLS, stop * COLS, dtype=np.int32).reshape(-1, COLS)
-            + np.int32(version << 20))
+            + _row_base(version))
 
 
 def check_values(ckpt, version: int, scale: int = 1) -> str | None:
@@ -329,7 +334,12 @@ def campaign_random_kills(work: str, args) -> dict:
         if not opened.startswith("v") or raw.startswith("BAD"):
             failures.append({"kill": k, "at_rest": raw, "opened": opened,
                              "files": sorted(os.listdir(d))})
-            break
+            # Start again from a fresh checkpoint, to count the rest of the run.
+            latest = last_done + 2
+            shutil.rmtree(d)
+            os.makedirs(d)
+            tfshard.save(prefix, tensors(latest, scale))
+            continue
         latest = int(opened[1:])
     return {"kills": args.count, "saves_completed": saves, "outcomes": outcomes,
             "failures": failures}
@@ -439,7 +449,9 @@ def campaign_race_writers(work: str, args) -> dict:
         left = leftovers(d)
         if not raw.startswith("v") or stale or left:
             failures.append({"round": r, "at_rest": raw, "stale": stale, "leftovers": left})
-            break
+            shutil.rmtree(d)  # start the next round from a clean prefix
+            os.makedirs(d)
+            tfshard.save(prefix, tensors(0))
     return {"rounds": args.count, "outcomes": outcomes, "saver_errors": errors,
             "failures": failures}
 

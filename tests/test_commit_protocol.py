@@ -174,7 +174,25 @@ def test_sharded_safetensors_replaced_with_the_same_shard_count(tmp_path, monkey
 # ---- readers of a checkpoint that is replaced ---------------------------------------
 
 @pytest.mark.parametrize("new_layout", [{}, {"num_shards": 2}])
-def test_a_read_after_the_checkpoint_was_replaced_raises(tmp_path, new_layout):
+def test_an_open_checkpoint_keeps_reading_its_own_save(tmp_path, new_layout):
+    prefix = str(tmp_path / "model.ckpt")
+    tfshard.save(prefix, version(1), num_shards=2)
+    with tfshard.open(prefix) as c:
+        # Its data files were opened with its index: later saves change nothing.
+        tfshard.save(prefix, version(2), **new_layout)
+        tfshard.save(prefix, version(3), **new_layout)
+        np.testing.assert_array_equal(c.read("emb", np.s_[3:5]), version(1)["emb"][3:5])
+        assert int(c["version"]) == 1 and c.verify_all() == []
+    assert_version(prefix, 3)
+
+
+@pytest.mark.parametrize("new_layout", [{}, {"num_shards": 2}])
+def test_a_data_file_opened_after_the_checkpoint_was_replaced_is_refused(tmp_path,
+                                                                         monkeypatch,
+                                                                         new_layout):
+    # Checkpoints with more data files than are opened with the index open each on
+    # first use: that open must notice a replaced checkpoint.
+    monkeypatch.setattr(tfshard.reader, "_OPEN_AT_ONCE", 0)
     prefix = str(tmp_path / "model.ckpt")
     tfshard.save(prefix, version(1))
     with tfshard.open(prefix) as c:
@@ -186,7 +204,9 @@ def test_a_read_after_the_checkpoint_was_replaced_raises(tmp_path, new_layout):
     assert_version(prefix, 2)
 
 
-def test_data_mapped_before_the_checkpoint_was_replaced_stays_the_old_data(tmp_path):
+def test_data_mapped_before_the_checkpoint_was_replaced_stays_the_old_data(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(tfshard.reader, "_OPEN_AT_ONCE", 0)
     prefix = str(tmp_path / "model.ckpt")
     tfshard.save(prefix, version(1))
     with tfshard.open(prefix) as c:

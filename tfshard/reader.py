@@ -35,6 +35,12 @@ from .slices import assemble, covering, prod, spec
 
 __all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
 
+# Up to this many data files are opened with the index (see
+# Checkpoint._open_data_files); a checkpoint with more opens each on first use.
+_OPEN_AT_ONCE = 64
+# Tries at opening a checkpoint that saves keep replacing (see Checkpoint.__init__).
+_OPEN_ATTEMPTS = 3
+
 # Version of the bundle format this reader implements (TF's kTensorBundleVersion
 # consumer and kTensorBundleMinProducer).
 _CONSUMER_VERSION = 1
@@ -163,21 +169,36 @@ class Checkpoint(Mapping):
         return super().__new__(cls)
 
     def __init__(self, path, *, verify: bool = True):
-        self.prefix = resolve_prefix(path)
         self.verify = bool(verify)
-        self.index_path = index_filename(self.prefix)
-        raw, self._index_identity = _read_index(self.index_path)
-        self._table = _index.IndexTable(raw, self.index_path)
-        header = self._table.header()
-        self._check_header(header)
-        self.num_shards = header["num_shards"]
-        # Data bytes are little-endian unless the header says BIG (1).
-        self.big_endian = header["endianness"] == 1
-        self._swap = self.big_endian != (sys.byteorder == "big")
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._opened: dict = {}
+        # A save of the prefix can replace the checkpoint between finding it and
+        # reading its index, or between the index and its data files: then look
+        # again (a reader that meets a commit waits for it while resolving).
+        for attempt in range(_OPEN_ATTEMPTS):
+            last = attempt == _OPEN_ATTEMPTS - 1
+            self.prefix = resolve_prefix(path)
+            self.index_path = index_filename(self.prefix)
+            try:
+                raw, self._index_identity = _read_index(self.index_path)
+            except CheckpointNotFoundError:
+                if last:
+                    raise
+                continue
+            self._table = _index.IndexTable(raw, self.index_path)
+            header = self._table.header()
+            self._check_header(header)
+            self.num_shards = header["num_shards"]
+            # Data bytes are little-endian unless the header says BIG (1).
+            self.big_endian = header["endianness"] == 1
+            self._swap = self.big_endian != (sys.byteorder == "big")
+            self._opened = self._open_data_files()
+            if self._opened is not None or last:
+                self._opened = self._opened or {}
+                break
 
     def _check_header(self, h):
         path = self.index_path
@@ -310,20 +331,26 @@ class Checkpoint(Mapping):
             shard = self._shards.get(shard_id)
             if shard is None:
                 path = data_filename(self.prefix, shard_id, self.num_shards)
+                f = self._opened.pop(shard_id, None)
+                if f is None:
+                    try:
+                        f = open_regular(path, "data shard", missing=(
+                            f"data shard {path} is missing or not a file (the index "
+                            f"{self.index_path} says the checkpoint has {self.num_shards} "
+                            f"shard(s))"))
+                    except CheckpointNotFoundError:
+                        self._check_unchanged(path)
+                        raise
+                    opened_now = True
+                else:
+                    opened_now = False
                 try:
-                    f = open_regular(path, "data shard", missing=(
-                        f"data shard {path} is missing or not a file (the index "
-                        f"{self.index_path} says the checkpoint has {self.num_shards} "
-                        f"shard(s))"))
-                except CheckpointNotFoundError:
-                    self._check_unchanged(path)
-                    raise
-                try:
-                    # The file opened is this checkpoint's only if the index was not
+                    # A file opened now is this checkpoint's only if the index was not
                     # replaced since it was read (a save replaces data files only
-                    # after moving the old index away).  This file object keeps
-                    # the opened inode, whatever later saves do.
-                    self._check_unchanged(path)
+                    # after moving the old index away).  The file object keeps the
+                    # opened inode, whatever later saves do.
+                    if opened_now:
+                        self._check_unchanged(path)
                     size = os.fstat(f.fileno()).st_size
                     buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
                 except BaseException as exc:
@@ -334,14 +361,46 @@ class Checkpoint(Mapping):
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
             return shard
 
+    def _open_data_files(self) -> dict | None:
+        """``{shard id: file}`` of the data files, opened now, right after the index
+        (unless there are too many to hold open): the checkpoint then reads the
+        data of the save whose index it read, whatever later saves of the prefix
+        do.  A file that cannot be opened now is left to the first read of it,
+        which reports the problem.  None if the index was replaced meanwhile."""
+        opened: dict = {}
+        if self.num_shards > _OPEN_AT_ONCE:
+            return opened
+        try:
+            for shard_id in range(self.num_shards):
+                try:
+                    opened[shard_id] = open_regular(
+                        data_filename(self.prefix, shard_id, self.num_shards), "data shard")
+                except OSError:  # TFShardErrors included: reported on first use
+                    pass
+            if self._is_unchanged():
+                return opened  # opened before the index could have been replaced
+        except BaseException:
+            for f in opened.values():
+                f.close()
+            raise
+        for f in opened.values():
+            f.close()
+        return None  # the checkpoint was replaced meanwhile
+
+    def _is_unchanged(self) -> bool:
+        try:
+            return _identity(os.stat(self.index_path)) == self._index_identity
+        except OSError:
+            return False
+
     def _check_unchanged(self, data_path: str):
         """Raise CheckpointChangedError if ``P.index`` is no longer the file this
         checkpoint was opened from."""
-        try:
-            now = _identity(os.stat(self.index_path))
-        except OSError:
-            now = None
-        if now != self._index_identity:
+        if not self._is_unchanged():
+            try:
+                now = _identity(os.stat(self.index_path))
+            except OSError:
+                now = None
             raise CheckpointChangedError(
                 f"checkpoint {self.prefix} was replaced after it was opened (its index "
                 f"{self.index_path} is {'gone' if now is None else 'another file'} now), so "
@@ -609,9 +668,12 @@ class Checkpoint(Mapping):
                 return
             self._closed = True
             shards, self._shards = self._shards, {}
+            opened, self._opened = getattr(self, "_opened", {}), {}
         for shard in shards.values():
             close_map(shard.buffer)
             shard.file.close()
+        for f in opened.values():
+            f.close()
 
     def __enter__(self):
         return self
