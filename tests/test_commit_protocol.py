@@ -70,6 +70,21 @@ class FailAt:
         return wrapped
 
 
+def fail_commit_point_once(monkeypatch, suffix):
+    """The first os.replace onto a name ending in ``suffix`` (the commit point)
+    fails with EIO; the rollback's renames then succeed."""
+    real_replace = os.replace
+    failed = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(suffix) and not failed:
+            failed.append(dst)
+            raise OSError(errno.EIO, "injected I/O error")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 LAYOUTS = [({}, {}), ({"num_shards": 2}, {"num_shards": 2}), ({}, {"num_shards": 3}),
            ({"num_shards": 3}, {})]
 
@@ -122,16 +137,7 @@ def test_a_failed_commit_of_merge_parts_puts_the_parts_back(tmp_path, monkeypatc
     tfshard.save(b, {"y": np.arange(4)})
     tfshard.save(out, version(1), num_shards=2)
     with monkeypatch.context() as m:
-        failed = []
-        real_replace = os.replace
-
-        def replace(src, dst, *args, **kwargs):
-            if str(dst).endswith(".index") and not failed:  # the commit point, once
-                failed.append(dst)
-                raise OSError(errno.EIO, "injected I/O error")
-            return real_replace(src, dst, *args, **kwargs)
-
-        m.setattr(os, "replace", replace)
+        fail_commit_point_once(m, ".index")
         with pytest.raises(tfshard.WriteFailedError, match="merged"):
             tfshard.merge_parts([a, b], out)
     assert_version(out, 1)
@@ -148,16 +154,7 @@ def test_sharded_safetensors_replaced_with_the_same_shard_count(tmp_path, monkey
     tfshard.convert(str(tmp_path / "v1"), out, dst_format="safetensors", max_shard_size=200_000)
     names = sorted(os.listdir(out))
     with monkeypatch.context() as m:
-        real_replace = os.replace
-        failed = []
-
-        def replace(src, dst, *args, **kwargs):
-            if str(dst).endswith(".index.json") and not failed:  # the commit point, once
-                failed.append(dst)
-                raise OSError(errno.EIO, "injected I/O error")
-            return real_replace(src, dst, *args, **kwargs)
-
-        m.setattr(os, "replace", replace)
+        fail_commit_point_once(m, ".index.json")
         with pytest.raises(tfshard.WriteFailedError):
             tfshard.convert(str(tmp_path / "v2"), out, dst_format="safetensors",
                             max_shard_size=200_000, overwrite=True)
