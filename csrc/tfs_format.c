@@ -609,23 +609,18 @@ int tfs_parse_slice(const uint8_t *p, size_t n, int32_t *rank, int64_t *starts,
     return parse_slice(p, n, rank, starts, lengths);
 }
 
-int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
-                          int64_t *starts, int64_t *lengths)
+int tfs_next_entry_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                         int64_t *starts, int64_t *lengths)
 {
-    const uint8_t *end = p + n;
     pb_field f;
-    uint32_t seen = 0;
-    while (p < end) {
-        int st = pb_next(&p, end, &f);
+    while (*p < end) {
+        int st = pb_next(p, end, &f);
         if (st != TFS_OK)
             return st;
-        if (f.field == 7 && f.wire == PB_LEN) {
-            if (seen == index)
-                return parse_slice(f.data, f.len, rank, starts, lengths);
-            seen++;
-        }
+        if (f.field == 7 && f.wire == PB_LEN)
+            return parse_slice(f.data, f.len, rank, starts, lengths);
     }
-    return TFS_ERR_RANGE;
+    return TFS_END;
 }
 
 /* ---- OrderedCode slice keys ---------------------------------------------- */

@@ -136,11 +136,13 @@ typedef struct {
 int tfs_parse_entry(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims);
 
 /*
- * Parse the index-th TensorSliceProto of an entry.  starts/lengths must hold
- * TFS_MAX_RANK values; a whole-dimension extent yields start 0, length -1.
+ * Parse the next TensorSliceProto of an entry, scanning from *p (start at the
+ * entry's first byte) to end; *p advances past it, so all slices take one pass.
+ * starts/lengths must hold TFS_MAX_RANK values; a whole-dimension extent yields
+ * start 0, length -1.  TFS_END when no slice is left.
  */
-int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
-                          int64_t *starts, int64_t *lengths);
+int tfs_next_entry_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                         int64_t *starts, int64_t *lengths);
 
 /* ---- slice keys (OrderedCode) ------------------------------------------- */
 /* Upper bound of the encoded size of a slice key. */

@@ -16,8 +16,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory",
               "memory_keys")
-WRITE_CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded")
-WRITE_INFO_CASES = {"sharded"}  # measured for information, no target
+WRITE_CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded", "overwrite")
+WRITE_INFO_CASES = {"sharded", "overwrite"}  # measured for information, no target
 
 
 def _run(script, *args, timeout=900):

@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING
 
 from .errors import (
+    CheckpointChangedError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -15,10 +16,12 @@ from .errors import (
     InvalidTensorError,
     NothingSelectedError,
     OutputExistsError,
+    ReadFailedError,
     RestoreError,
     TensorNotFoundError,
     TFShardError,
     UnsupportedError,
+    WriteFailedError,
     WriterClosedError,
 )
 from .paths import latest_checkpoint
@@ -50,6 +53,9 @@ __all__ = [
     "WriterClosedError",
     "OutputExistsError",
     "NothingSelectedError",
+    "WriteFailedError",
+    "ReadFailedError",
+    "CheckpointChangedError",
     "RestoreError",
     "load_checkpoint",
     "CheckpointReader",

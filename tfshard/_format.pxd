@@ -64,8 +64,8 @@ cdef extern from "tfs_format.h" nogil:
                             uint32_t *delta_len, const uint8_t **value, uint32_t *value_len)
     int tfs_parse_header(const uint8_t *p, size_t n, tfs_header *h)
     int tfs_parse_entry(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims)
-    int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
-                              int64_t *starts, int64_t *lengths)
+    int tfs_next_entry_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                             int64_t *starts, int64_t *lengths)
     size_t tfs_slice_key_bound(size_t name_len, int32_t rank)
     int tfs_slice_key_encode(const uint8_t *name, size_t name_len, int32_t rank,
                              const int64_t *starts, const int64_t *lengths,

@@ -7,7 +7,6 @@ wherever the stored bytes are already in numpy's layout.
 
 from __future__ import annotations
 
-import builtins
 import difflib
 import mmap
 import os
@@ -19,13 +18,14 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import _index, dtypes
 from .errors import (
+    CheckpointChangedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     IncompatibleVersionError,
     TensorNotFoundError,
     UnsupportedError,
 )
-from ._util import close_map, drop_pages, gc_paused
+from ._util import close_map, drop_pages, gc_paused, open_regular, read_error
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import assemble, covering, prod, spec
 
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 # `tfshard ls` does) then never pays for importing them.
 
 __all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
+
+# Up to this many data files are opened with the index (see
+# Checkpoint._open_data_files); a checkpoint with more opens each on first use.
+_OPEN_AT_ONCE = 64
+# Tries at opening a checkpoint that saves keep replacing (see Checkpoint.__init__).
+_OPEN_ATTEMPTS = 3
 
 # A large tensor's CRC-32C is computed in pieces, one per core, by a pool of threads
 # shared by every open checkpoint (made on first use; none on a single core).
@@ -114,14 +120,22 @@ class _Shard:
         self.private = None
 
 
-def _read_index(path: str) -> bytes:
-    try:
-        with builtins.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"index file {path} does not exist", path=path) from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise CheckpointNotFoundError(f"{path} is not a file", path=path) from None
+def _read_index(path: str):
+    """``(bytes, identity)`` of the index file; the identity (device, inode,
+    ctime) tells later whether the file at that path is still this one."""
+    with open_regular(path, "index file", missing=f"index file {path} does not exist") as f:
+        try:
+            st = os.fstat(f.fileno())
+            return f.read(), _identity(st)
+        except OSError as exc:
+            raise read_error(exc, path, "index file") from None
+
+
+def _identity(st) -> tuple:
+    # Every rename of the file changes its ctime, so the commit protocol (which
+    # moves an index aside before any data file of its prefix changes) can never
+    # leave this identity unchanged while the data files are another save's.
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _normalize_rows(index, dim0: int):
@@ -182,21 +196,37 @@ class Checkpoint(Mapping):
         return super().__new__(cls)
 
     def __init__(self, path, *, verify: bool = True):
-        self.prefix = resolve_prefix(path)
         self.verify = bool(verify)
-        self.index_path = index_filename(self.prefix)
-        self._table = _index.IndexTable(_read_index(self.index_path), self.index_path)
-        header = self._table.header()
-        self._check_header(header)
-        self.num_shards = header["num_shards"]
-        # Data bytes are little-endian unless the header says BIG (1).
-        self.big_endian = header["endianness"] == 1
-        self._swap = self.big_endian != (sys.byteorder == "big")
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
         self._lent: set[int] = set()  # tensors whose private-map bytes a caller holds
         self._lock = threading.Lock()
         self._closed = False
+        self._opened: dict = {}
+        # A save of the prefix can replace the checkpoint between finding it and
+        # reading its index, or between the index and its data files: then look
+        # again (a reader that meets a commit waits for it while resolving).
+        for attempt in range(_OPEN_ATTEMPTS):
+            last = attempt == _OPEN_ATTEMPTS - 1
+            self.prefix = resolve_prefix(path)
+            self.index_path = index_filename(self.prefix)
+            try:
+                raw, self._index_identity = _read_index(self.index_path)
+            except CheckpointNotFoundError:
+                if last:
+                    raise
+                continue
+            self._table = _index.IndexTable(raw, self.index_path)
+            header = self._table.header()
+            self._check_header(header)
+            self.num_shards = header["num_shards"]
+            # Data bytes are little-endian unless the header says BIG (1).
+            self.big_endian = header["endianness"] == 1
+            self._swap = self.big_endian != (sys.byteorder == "big")
+            self._opened = self._open_data_files()
+            if self._opened is not None or last:
+                self._opened = self._opened or {}
+                break
 
     def _check_header(self, h):
         path = self.index_path
@@ -312,7 +342,7 @@ class Checkpoint(Mapping):
         i = self._record(name)
         e = self._entry(i, name)
         if e.num_slices:
-            slices = tuple(self._table.slices(i))
+            slices = tuple(self._stored_slices(i, name, e))
             nbytes = sum(self._slice_entry(name, e, s)[1].size for s in slices)
             return TensorInfo(name, e.dtype.name, e.shape, nbytes, None, None, slices)
         return TensorInfo(name, e.dtype.name, e.shape, e.size, e.shard_id, e.offset)
@@ -329,17 +359,81 @@ class Checkpoint(Mapping):
             shard = self._shards.get(shard_id)
             if shard is None:
                 path = data_filename(self.prefix, shard_id, self.num_shards)
+                f = self._opened.pop(shard_id, None)
+                if f is None:
+                    try:
+                        f = open_regular(path, "data shard", missing=(
+                            f"data shard {path} is missing or not a file (the index "
+                            f"{self.index_path} says the checkpoint has {self.num_shards} "
+                            f"shard(s))"))
+                    except CheckpointNotFoundError:
+                        self._check_unchanged(path)
+                        raise
+                    opened_now = True
+                else:
+                    opened_now = False
                 try:
-                    f = builtins.open(path, "rb")
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                    raise CheckpointNotFoundError(
-                        f"data shard {path} is missing or not a file ({exc.strerror}; the index "
-                        f"{self.index_path} says the checkpoint has {self.num_shards} shard(s))",
-                        path=path) from None
-                size = os.fstat(f.fileno()).st_size
-                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                    # A file opened now is this checkpoint's only if the index was not
+                    # replaced since it was read (a save replaces data files only
+                    # after moving the old index away).  The file object keeps the
+                    # opened inode, whatever later saves do.
+                    if opened_now:
+                        self._check_unchanged(path)
+                    size = os.fstat(f.fileno()).st_size
+                    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                except BaseException as exc:
+                    f.close()
+                    if isinstance(exc, OSError) and not isinstance(exc, CheckpointChangedError):
+                        raise read_error(exc, path, "data shard") from None
+                    raise
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
             return shard
+
+    def _open_data_files(self) -> dict | None:
+        """``{shard id: file}`` of the data files, opened now, right after the index
+        (unless there are too many to hold open): the checkpoint then reads the
+        data of the save whose index it read, whatever later saves of the prefix
+        do.  A file that cannot be opened now is left to the first read of it,
+        which reports the problem.  None if the index was replaced meanwhile."""
+        opened: dict = {}
+        if self.num_shards > _OPEN_AT_ONCE:
+            return opened
+        try:
+            for shard_id in range(self.num_shards):
+                try:
+                    opened[shard_id] = open_regular(
+                        data_filename(self.prefix, shard_id, self.num_shards), "data shard")
+                except OSError:  # TFShardErrors included: reported on first use
+                    pass
+            if self._is_unchanged():
+                return opened  # opened before the index could have been replaced
+        except BaseException:
+            for f in opened.values():
+                f.close()
+            raise
+        for f in opened.values():
+            f.close()
+        return None  # the checkpoint was replaced meanwhile
+
+    def _is_unchanged(self) -> bool:
+        try:
+            return _identity(os.stat(self.index_path)) == self._index_identity
+        except OSError:
+            return False
+
+    def _check_unchanged(self, data_path: str):
+        """Raise CheckpointChangedError if ``P.index`` is no longer the file this
+        checkpoint was opened from."""
+        if not self._is_unchanged():
+            try:
+                now = _identity(os.stat(self.index_path))
+            except OSError:
+                now = None
+            raise CheckpointChangedError(
+                f"checkpoint {self.prefix} was replaced after it was opened (its index "
+                f"{self.index_path} is {'gone' if now is None else 'another file'} now), so "
+                f"{data_path} may hold another save's data and is not read; open the "
+                f"checkpoint again", path=data_path)
 
     def _tensor_buffer(self, e: _Entry, name: str, private: bool = False):
         """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist;
@@ -348,7 +442,10 @@ class Checkpoint(Mapping):
         buffer = self._private_map(shard) if private else shard.buffer
         # Re-check the file size: a data file truncated after it was mapped
         # would otherwise fault (SIGBUS) when a view is read.
-        current = os.fstat(shard.file.fileno()).st_size
+        try:
+            current = os.fstat(shard.file.fileno()).st_size
+        except OSError as exc:
+            raise read_error(exc, shard.path, "data shard") from None
         end = e.offset + e.size
         if end > min(current, shard.size, len(buffer)):
             raise CorruptCheckpointError(
@@ -479,11 +576,22 @@ class Checkpoint(Mapping):
                 f"expected {full.dtype.name} {list(expect)}", path=self.index_path, key=name)
         return j, e, bounds
 
+    def _stored_slices(self, i: int, name: str, full: _Entry) -> list:
+        """The stored slices of a partitioned tensor.  Each needs an index entry of
+        its own, so a list longer than the index is refused before any work that
+        grows with it."""
+        if full.num_slices > self._table.count:
+            raise CorruptCheckpointError(
+                f"{self.index_path}: tensor {name!r} lists {full.num_slices} stored slices, "
+                f"but the index holds only {self._table.count} entries", path=self.index_path,
+                key=name)
+        return self._table.slices(i)
+
     def _read_partitioned(self, i: int, name: str, full: _Entry, verify: bool, rows=None):
         region = [(0, d) for d in full.shape]
         if rows is not None:
             region[0] = rows
-        parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
+        parts = [self._slice_entry(name, full, s) for s in self._stored_slices(i, name, full)]
         boxes = [bounds for _, _, bounds in parts]
         pieces = covering(boxes, region, f"{self.index_path}: tensor {name!r}",
                           path=self.index_path, key=name)
@@ -670,10 +778,13 @@ class Checkpoint(Mapping):
                 return
             self._closed = True
             shards, self._shards = self._shards, {}
+            opened, self._opened = getattr(self, "_opened", {}), {}
         for shard in shards.values():
             close_map(shard.buffer)
             close_map(shard.private)
             shard.file.close()
+        for f in opened.values():
+            f.close()
 
     def __enter__(self: _Self) -> _Self:
         return self

@@ -12,12 +12,12 @@ returned are copies, never views.
 
 from __future__ import annotations
 
-import builtins
 import sys
 import threading
 from dataclasses import dataclass, field
 
 from . import _index, _v1, dtypes
+from ._util import read_regular
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -61,14 +61,9 @@ def _key(name: str, extents) -> bytes:
 
 
 def _read_file(path: str) -> bytes:
-    try:
-        with builtins.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"V1 checkpoint file {path} does not exist",
-                                      path=path) from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise CheckpointNotFoundError(f"{path} is not a file", path=path) from None
+    # A regular file only (a FIFO is refused, not blocked on); errors keep the errno.
+    return read_regular(path, "V1 checkpoint file",
+                        missing=f"V1 checkpoint file {path} does not exist")
 
 
 class V1Checkpoint(Checkpoint):

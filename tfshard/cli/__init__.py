@@ -74,6 +74,14 @@ def main(argv=None) -> int:
             check(args)
     except SystemExit as exc:  # usage errors (2), --help and --version (0): return, not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Anything printed that the terminal cannot encode (a lone surrogate missed by
+    # printable(), a name in a narrow locale) is escaped rather than a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     # Commands build large listings of small objects; the cyclic GC only costs time.
     gc_was_enabled = gc.isenabled()
     gc.disable()

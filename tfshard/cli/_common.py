@@ -9,6 +9,8 @@ import math
 import re
 import sys
 
+from tfshard._util import printable
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
@@ -167,12 +169,12 @@ def print_ema(report) -> None:
           + ("its moving average" if n == 1 else "their moving averages")
           + (":" if n else " (the input keeps none)"))
     for name, ema in report.replaced.items():
-        print(f"  {name} <- {ema}")
+        print(f"  {printable(name)} <- {printable(ema)}")
     if report.ema_not_found:
         print(f"{plural(len(report.ema_not_found), 'floating tensor')} without a moving "
               f"average, written as they are:")
         for name in report.ema_not_found:
-            print(f"  {name}")
+            print(f"  {printable(name)}")
 
 
 def report_json(src, dst, report) -> None:
@@ -188,10 +190,10 @@ def print_written(args, report, verb: str) -> None:
     """The summary line of a command that wrote a model, then what it left out as
     unsupported (printed even with --quiet: the output lacks those tensors)."""
     for name, reason in report.skipped:
-        print(f"skipped {name}: {reason}")
+        print(f"skipped {printable(name)}: {printable(reason)}")
     if args.quiet:
         return
-    files = ", ".join(map(str, report.outputs)) or "(no file)"
+    files = ", ".join(printable(f) for f in report.outputs) or "(no file)"
     size = human_bytes(report.written_bytes)
     if report.written_bytes != report.nbytes:
         size += f" written, {human_bytes(report.nbytes)} read"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     FORMATS,
@@ -57,7 +59,7 @@ def run(args) -> int:
     print(f"{plural(len(report.averaged), 'tensor')} averaged, "
           f"{len(report.summed)} summed, {len(report.from_last)} taken from the last "
           f"checkpoint" + (f": {', '.join(report.from_last)}" if report.from_last else ""))
-    print(f"written: {', '.join(report.outputs)}")
+    print(f"written: {', '.join(map(printable, report.outputs))}")
     return EXIT_OK
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     SIZE_HELP,
@@ -43,9 +45,9 @@ def run(args) -> int:
     if args.quiet:
         return EXIT_OK
     for name, parts in report.merged.items():
-        print(f"merged {name} <- {', '.join(parts)}")
+        print(f"merged {printable(name)} <- {', '.join(map(printable, parts))}")
     for name, n in report.partitioned.items():
-        print(f"partitioned {name} into {plural(n, 'slice')}")
+        print(f"partitioned {printable(name)} into {plural(n, 'slice')}")
     print(f"resharded {plural(report.tensors, 'tensor')} ({human_bytes(report.nbytes)}) into "
           f"{plural(report.num_shards, 'data shard')}: {', '.join(report.outputs)}")
     return EXIT_OK

@@ -3,6 +3,8 @@ checksums tfshard records in a safetensors file)."""
 
 from __future__ import annotations
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -25,7 +27,7 @@ def run(args) -> int:
                     "notes": list(report.notes), "missing_files": report.missing_files})
     else:
         for name, message in report.problems:
-            print(f"BAD  {name}: {message}")
+            print(f"BAD  {printable(name)}: {printable(message)}")
         for note in report.notes:
             print(f"note: {note}")
         if report.ok:

@@ -38,7 +38,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ..errors import CheckpointNotFoundError, InvalidTensorError, UnsupportedError
+from .._util import write_failed
+from ..errors import CheckpointNotFoundError, InvalidTensorError, TFShardError, UnsupportedError
 from . import _base, _numpy
 from ..objectgraph import serialized_graph
 from ._base import (
@@ -49,6 +50,7 @@ from ._base import (
     _check_plan,
     _fspath,
     detect_format,
+    read_errors,
     unsupported,
 )
 from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
@@ -98,9 +100,10 @@ def open_source(path, fmt: str | None = None, *, verify: bool = True) -> Source:
     """
     path = _fspath(path)
     fmt = detect_format(path) if fmt is None else _check_format(fmt)
-    if fmt in ("tf", "safetensors"):
-        return _SOURCES[fmt](path, verify=bool(verify))
-    return _SOURCES[fmt](path)
+    with read_errors(path, f"the {fmt} model"):
+        if fmt in ("tf", "safetensors"):
+            return _SOURCES[fmt](path, verify=bool(verify))
+        return _SOURCES[fmt](path)
 
 
 class TensorListing(NamedTuple):
@@ -235,8 +238,13 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
             raise InvalidTensorError(f"safetensors metadata maps strings to strings, got "
                                      f"{metadata!r}", path=path)
         extra["metadata"] = metadata
-    return _SINKS[fmt](path, checked, max_shard_size=max_shard_size, overwrite=bool(overwrite),
-                       **extra)
+    try:
+        return _SINKS[fmt](path, checked, max_shard_size=max_shard_size,
+                           overwrite=bool(overwrite), **extra)
+    except OSError as exc:  # the sink removed what it had created
+        if isinstance(exc, TFShardError):
+            raise
+        raise write_failed(exc, path, f"creating the {fmt} output") from None
 
 
 _SINKS = {"tf": _TFSink, "safetensors": _SafetensorsSink, "npz": _NpzSink, "npy": _NpySink,

@@ -7,7 +7,7 @@ dispatches to them."""
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import difflib
 import glob
 import json
@@ -15,12 +15,14 @@ import os
 from typing import TypeVar
 
 from .. import dtypes
+from .._util import discard_file, open_regular, read_error, write_failed
 from ..errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidTensorError,
     OutputExistsError,
     TensorNotFoundError,
+    TFShardError,
     UnsupportedError,
     WriterClosedError,
 )
@@ -200,10 +202,20 @@ def _missing_file(path: str, what: str):
 
 
 def _open_binary(path: str, what: str):
+    """A regular file opened for reading (a FIFO or device is refused without
+    blocking); every failure a TFShardError (errno kept)."""
+    return open_regular(path, what, missing=f"{what} {path} does not exist or is not a file")
+
+
+@contextlib.contextmanager
+def read_errors(path: str, what: str):
+    """Turn an OSError escaping a read of ``path`` into a TFShardError."""
     try:
-        return builtins.open(path, "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise _missing_file(path, what) from None
+        yield
+    except OSError as exc:
+        if isinstance(exc, TFShardError):
+            raise
+        raise read_error(exc, path, what) from None
 
 
 def _read_json(path: str, what: str, limit: int):
@@ -288,7 +300,8 @@ class Source:
             If the tensor has a dtype TF has no type for.
         """
         self._check_open()
-        return self._info(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._info(name)
 
     def nbytes(self, name: str) -> int:
         """Bytes of tensor ``name``'s data as stored (what reading it touches).
@@ -299,7 +312,8 @@ class Source:
             If there is no such tensor.
         """
         self._check_open()
-        return self._nbytes(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._nbytes(name)
 
     def read(self, name: str):
         """Read tensor ``name``.
@@ -322,7 +336,8 @@ class Source:
             If the tensor has a dtype TF has no type for.
         """
         self._check_open()
-        return self._read(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._read(name)
 
     def release(self, name: str) -> None:
         """Let the memory that reading ``name`` mapped in go (after the caller is
@@ -573,8 +588,21 @@ class Sink:
         if dtype is not None and dtype != dt.name:
             raise InvalidTensorError(f"tensor {name!r} is planned as {dt.name} but added as "
                                      f"{dtype}", path=self.path, key=name)
-        self._write(name, dt, shape, array)
+        with self._writing(f"writing tensor {name!r}"):
+            self._write(name, dt, shape, array)
         self._added.add(name)
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str):
+        """A failed write aborts the output (nothing of it is kept; what was at the
+        path stays) and raises WriteFailedError naming the output and ``doing``."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            if isinstance(exc, TFShardError):
+                raise
+            raise write_failed(exc, self.path, doing) from None
 
     def commit(self, on_write=None) -> list:
         """Finish the output and move it into place.
@@ -607,7 +635,8 @@ class Sink:
                     f"{', ...' if len(missing) > 5 else ''}); nothing was written to {self.path}",
                     path=self.path)
             self._on_write = on_write
-            files = self._commit()
+            with self._writing(f"finishing the {self.format} output"):
+                files = self._commit()
         except BaseException:
             self.abort()
             raise
@@ -704,8 +733,25 @@ def _check_file_output(sink: Sink, path: str, overwrite: bool):
 
 def _install_file(sink: Sink, temp: str, path: str) -> str:
     """Rename a finished temporary file into place (refusing to replace an output
-    that appeared meanwhile unless overwriting)."""
+    that appeared meanwhile unless overwriting).
+
+    The rename replaces the old file atomically.  A hard link to the old file
+    is made first, so the rename only drops a name and the old file's blocks
+    are freed by deleting that link afterwards, outside the replacement (where
+    the file system has no hard links, the rename frees them itself).
+    """
     if not sink.overwrite and os.path.lexists(path):
         raise sink._exists_error(path)
-    os.replace(temp, path)
+    keep = None
+    if os.path.isfile(path) and not os.path.islink(path):
+        keep = f"{temp}.old"
+        try:
+            os.link(path, keep)
+        except OSError:
+            keep = None
+    try:
+        os.replace(temp, path)
+    finally:
+        if keep is not None:
+            discard_file(keep)
     return path

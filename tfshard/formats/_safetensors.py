@@ -5,7 +5,6 @@ header out from the plan and puts each tensor's bytes straight into place."""
 
 from __future__ import annotations
 
-import builtins
 import glob
 import json
 import mmap
@@ -16,7 +15,16 @@ import sys
 import crc32c
 
 from .. import dtypes
-from .._util import atomic_write, close_map, drop_pages, remove_file, temp_name
+from .. import _commit
+from .._util import (
+    close_map,
+    create_exclusive,
+    drop_pages,
+    remove_file,
+    temp_name,
+    write_all,
+    write_temp,
+)
 from ..errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
@@ -397,9 +405,19 @@ class _STShard:
         self.data_size = offset
         self.crc_at = {name: 8 + at for name, at in crc_at.items()}  # file offsets
         self.crcs: dict = {}
-        with builtins.open(self.path, "xb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
+        # Open (and locked as in use) until the commit has renamed it.
+        self.fd = create_exclusive(self.path)
+        try:
+            write_all(self.fd, len(raw).to_bytes(8, "little") + raw)
+        except BaseException:
+            self.close()
+            remove_file(self.path)
+            raise
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 _CRC_PLACEHOLDER = "0" * 8
@@ -455,7 +473,7 @@ class _SafetensorsSink(Sink):
     format = "safetensors"
     # Defaults for an abort() of a partly constructed sink.
     _shards: list = []
-    _handle = _handle_shard = None
+    _index_temp = None
 
     def __init__(self, path, plan, *, max_shard_size, overwrite, metadata=None):
         super().__init__(path, plan, max_shard_size=max_shard_size, overwrite=overwrite)
@@ -488,6 +506,7 @@ class _SafetensorsSink(Sink):
                                         f"file", path=p)
         self._shards = []
         self._where: dict = {}
+        self._index_temp = None
         self._created_dirs = _make_dirs(directory)
         try:
             for final, names in zip(finals, groups):
@@ -510,36 +529,25 @@ class _SafetensorsSink(Sink):
     def _write(self, name, dt, shape, array):
         arr = self._array(name, dt, shape, array)
         shard = self._where[name]
-        if self._handle_shard is not shard:
-            self._close_handle()
-            self._handle = builtins.open(shard.path, "r+b")
-            self._handle_shard = shard
         # Tensors are laid out by element size, so a tensor's place need not
-        # follow the previous one's: seek there (holes are filled by later adds).
-        self._handle.seek(shard.data_start + shard.offsets[name])
+        # follow the previous one's: write there (holes are filled by later adds).
         if arr.nbytes:
             raw = _raw_bytes(arr)
             shard.crcs[name] = crc32c.crc32c(raw)
-            self._handle.write(raw)
+            write_all(shard.fd, raw, shard.data_start + shard.offsets[name])
         else:
             shard.crcs[name] = 0
 
-    def _close_handle(self):
-        if self._handle is not None:
-            handle, self._handle, self._handle_shard = self._handle, None, None
-            handle.close()
-
-    def _write_checksums(self, shard):
-        with builtins.open(shard.path, "r+b") as f:
-            for name, at in shard.crc_at.items():
-                f.seek(at)
-                f.write(b"%08x" % shard.crcs[name])
+    @staticmethod
+    def _write_checksums(shard):
+        """Each tensor's CRC-32C into its placeholder in the header."""
+        for name, at in shard.crc_at.items():
+            write_all(shard.fd, b"%08x" % shard.crcs[name], at)
 
     def _commit(self):
-        self._close_handle()
         for shard in self._shards:
             self._write_checksums(shard)
-            size = os.path.getsize(shard.path)
+            size = os.fstat(shard.fd).st_size
             if size != shard.data_start + shard.data_size:  # every byte written exactly once
                 raise CorruptCheckpointError(
                     f"{shard.path} is {size} bytes after writing; expected "
@@ -548,29 +556,46 @@ class _SafetensorsSink(Sink):
             existing = [p for p in self._outputs(self._finals) if os.path.lexists(p)]
             if existing:
                 raise self._exists_error(existing[0])
-        # No index may describe a mix of old and new shards, even for a moment.
-        remove_file(self._old_index)
-        for shard in self._shards:
-            os.replace(shard.path, shard.final)
-            shard.path = shard.final  # abort() removes it from here until the index exists
         files = [s.final for s in self._shards]
-        if self._index is not None:
-            weight_map = {name: os.path.basename(self._where[name].final)
-                          for name in sorted(self._plan)}
-            total = sum(s.data_size for s in self._shards)
-            atomic_write(self._index, json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map},
-                indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
-            files.append(self._index)
-        for stale in self._outputs([]):
-            if stale not in files:
-                remove_file(stale)
+        stem = re.escape(os.path.basename(self._stem))
+        others = [os.path.basename(p) for p in (self._old_index, self._single) if p]
+        members = re.compile(f"(?:{stem}-\\d{{5}}-of-\\d{{5}}{re.escape(_ST_SUFFIX)}|"
+                             + "|".join(map(re.escape, others)) + ")$")
+        index_fd = -1
+        try:
+            if self._index is None:  # one file: it is the commit file itself
+                commit, commit_temp, moves = self._shards[0].final, self._shards[0].path, []
+            else:
+                weight_map = {name: os.path.basename(self._where[name].final)
+                              for name in sorted(self._plan)}
+                total = sum(s.data_size for s in self._shards)
+                commit = self._index
+                commit_temp, index_fd = write_temp(commit, json.dumps(
+                    {"metadata": {"total_size": total}, "weight_map": weight_map},
+                    indent=2, ensure_ascii=False).encode("utf-8") + b"\n",
+                    target=self.path, what="the index")
+                self._index_temp = commit_temp
+                moves = [(s.path, s.final) for s in self._shards]
+                files.append(self._index)
+            # The index (or the single file) is the commit point: an old output
+            # stays complete until it is replaced.
+            _commit.install(_commit.Layout(commit, members, lock=self._stem + ".safetensors" +
+                                           _commit.LOCK_SUFFIX),
+                            commit_temp, moves, target=self.path, what="the safetensors output")
+        finally:
+            if index_fd >= 0:
+                os.close(index_fd)
+        for shard in self._shards:
+            shard.path = shard.final
+            shard.close()
         return files
 
     def _abort(self):
-        self._close_handle()
         for shard in self._shards:
+            shard.close()
             remove_file(shard.path)
+        if self._index_temp is not None:
+            remove_file(self._index_temp)
 
 
 _SHARD_RE = re.compile(r".*-\d{5}-of-\d{5}" + re.escape(_ST_SUFFIX) + "$")

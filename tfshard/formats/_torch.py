@@ -5,13 +5,12 @@ output is not streaming (``torch.save`` writes one dict at commit)."""
 
 from __future__ import annotations
 
-import builtins
 import os
 import warnings
 from collections.abc import Mapping
 
 from .. import dtypes
-from .._util import remove_file, temp_name
+from .._util import create_exclusive, remove_file, temp_name
 from ..errors import CorruptCheckpointError, UnsupportedError
 from ._base import (
     _TORCH_TYPES,
@@ -20,7 +19,7 @@ from ._base import (
     _check_file_output,
     _install_file,
     _make_dirs,
-    _missing_file,
+    _open_binary,
 )
 
 
@@ -77,8 +76,9 @@ class _TorchSource(Source):
     def __init__(self, path):
         super().__init__(path)
         torch = _import_torch()
-        if not os.path.isfile(path):
-            raise _missing_file(path, "torch file")
+        # Checked (and refused if not a regular file) without blocking, before torch
+        # opens it by name.
+        _open_binary(path, "torch file").close()
         obj = self._load(torch, path)
         if not isinstance(obj, Mapping):
             raise UnsupportedError(f"{path} holds a {type(obj).__name__}; expected a dict of "
@@ -202,9 +202,17 @@ class _TorchSink(Sink):
     def _commit(self):
         self._created_dirs = _make_dirs(os.path.dirname(self.path))
         self._temp = temp_name(self.path)
-        with builtins.open(self._temp, "xb") as f:
+        with os.fdopen(create_exclusive(self._temp), "wb") as f:
             out = f if self._on_write is None else _CountingWriter(f, self._on_write)
-            self._torch.save({n: self._tensors[n] for n in self._plan}, out)
+            try:
+                self._torch.save({n: self._tensors[n] for n in self._plan}, out)
+            except Exception as exc:
+                # torch reports a failed write() of its zip writer as a RuntimeError
+                # ("unexpected pos ..."), the OSError only in the exception chain.
+                cause = _os_error_in(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from None
+                raise
         self._tensors.clear()
         return [_install_file(self, self._temp, self.path)]
 
@@ -227,3 +235,14 @@ class _CountingWriter:
 
     def flush(self):
         self._file.flush()
+
+
+def _os_error_in(exc):
+    """The first OSError in ``exc``'s chain of causes and contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
