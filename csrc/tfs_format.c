@@ -327,7 +327,7 @@ typedef tfs_pb_field pb_field;
 enum { PB_VARINT = TFS_PB_VARINT, PB_FIXED64 = TFS_PB_FIXED64, PB_LEN = TFS_PB_LEN,
        PB_FIXED32 = TFS_PB_FIXED32 };
 
-static inline int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
+static TFS_INLINE int pb_next(const uint8_t **p, const uint8_t *end, pb_field *f)
 {
     uint64_t tag, len;
     const uint8_t *q = *p;

@@ -27,6 +27,13 @@ typedef enum {
     TFS_ERR_BUFFER = -10      /* caller's output buffer is too small */
 } tfs_status;
 
+/* MSVC's C compiler spells C99's inline __inline unless told to use C11. */
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define TFS_INLINE __inline
+#else
+#define TFS_INLINE inline
+#endif
+
 #define TFS_MAX_RANK 254
 #define TFS_FOOTER_SIZE 48
 #define TFS_BLOCK_TRAILER_SIZE 5

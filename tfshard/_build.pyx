@@ -8,7 +8,6 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from posix.unistd cimport write as c_write
 
 cimport numpy as cnp
 
@@ -17,6 +16,9 @@ import crc32c as _crc32c
 cnp.import_array()
 
 from ._format cimport *
+
+cdef extern from "tfs_io.h" nogil:
+    long long tfs_write(int fd, const void *p, size_t n)
 
 cdef extern from "tfs_build.h" nogil:
     size_t tfs_put_varint64(uint8_t *out, uint64_t v)
@@ -323,9 +325,9 @@ cdef enum:
 cdef int _write_all(int fd, const uint8_t *p, size_t n) noexcept nogil:
     """write() until done, continuing after short writes; 0, or the errno of the
     failure (EIO for a write that makes no progress, which would otherwise loop)."""
-    cdef ssize_t w
+    cdef long long w
     while n:
-        w = c_write(fd, p, n if n < (1 << 30) else (1 << 30))
+        w = tfs_write(fd, p, n if n < (1 << 30) else (1 << 30))
         if w < 0:
             if errno == EINTR:
                 continue

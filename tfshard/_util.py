@@ -14,6 +14,8 @@ import time
 
 from .errors import CheckpointNotFoundError, ReadFailedError, WriteFailedError
 
+_pwrite = getattr(os, "pwrite", None)  # POSIX only
+
 try:  # advisory locks: POSIX only (elsewhere temp files are never locked)
     import fcntl as _fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -170,7 +172,13 @@ def write_all(fd: int, data, offset: int | None = None) -> None:
     done, n = 0, view.nbytes
     while done < n:
         chunk = view[done:done + (1 << 30)]
-        written = os.write(fd, chunk) if offset is None else os.pwrite(fd, chunk, offset + done)
+        if offset is None:
+            written = os.write(fd, chunk)
+        elif _pwrite is not None:
+            written = _pwrite(fd, chunk, offset + done)
+        else:  # Windows: no pwrite; the sinks use each descriptor from one thread
+            os.lseek(fd, offset + done, os.SEEK_SET)
+            written = os.write(fd, chunk)
         if written <= 0:
             raise OSError(_errno.EIO, "write() made no progress")
         done += written
