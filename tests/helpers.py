@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "SHARED_CORPUS",
+    "private_tmpfs_missing_reason",
     "corpus_missing_reason",
     "TF_TO_NUMPY_DTYPE",
     "SAVEV2_DTYPES",
@@ -52,6 +53,23 @@ def corpus_missing_reason(name: str) -> str | None:
         return None
     return (f"the shared corpus {folder} is absent (real checkpoints that live beside the "
             f"repository, not in it)")
+
+
+def private_tmpfs_missing_reason() -> str | None:
+    """None if a tmpfs can be mounted in a private mount namespace (``unshare -rm``:
+    root, or unprivileged user namespaces), else why not.  Tests use one for real
+    full-disk and read-only file systems."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "unshare(1) is not installed"
+    probe = subprocess.run([unshare, "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}"
+    return None
 
 
 def tensor_sha256(array) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import private_tmpfs_missing_reason
 
 import tfshard
 from tfshard import cli, conversion, formats
@@ -162,3 +163,23 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, stderr
     assert stderr == "tfshard convert: interrupted; nothing was written\n"
     assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def test_an_unwritable_output_is_named_as_given(tmp_path):
+    """A read-only file system (a private tmpfs mounted read-only): the error names the
+    output the user asked for, not a temporary name, and says nothing was committed."""
+    why = private_tmpfs_missing_reason()
+    if why:
+        pytest.skip(why)
+    src = tfshard.save(tmp_path / "src", {"a": np.ones(3, np.float32)})
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    out = mnt / "out.safetensors"
+    script = (f"mount -t tmpfs -o ro,size=1m tmpfs {mnt} && "
+              f"{sys.executable} -m tfshard convert {src} {out}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (f"tfshard convert: error: cannot write {out}: Read-only file "
+                           f"system (EROFS) while creating the safetensors output; nothing was "
+                           f"committed and what was at {out} before is unchanged\n")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import private_tmpfs_missing_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "fault_campaign.py"
@@ -63,20 +64,8 @@ def test_every_write_path_fails_loudly_at_the_file_size_limit():
     _check_write_cases(result, "EFBIG")
 
 
-def _can_mount_tmpfs() -> str | None:
-    """None if a tmpfs can be mounted in a private mount namespace, else why not."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return "unshare(1) is not installed"
-    probe = subprocess.run([unshare, "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        return f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}"
-    return None
-
-
 def test_every_write_path_fails_loudly_on_a_full_disk():
-    why = _can_mount_tmpfs()
+    why = private_tmpfs_missing_reason()
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"CI must allow the ENOSPC test's private tmpfs: {why}")
