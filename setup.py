@@ -25,7 +25,8 @@ extensions = [
         extra_link_args=extra_link,
     )
     for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]),
-                                 ("_v1", ["csrc/tfs_v1.c"]), ("_graph", []))
+                                 ("_v1", ["csrc/tfs_v1.c"]), ("_graph", []),
+                                 ("_metagraph", []))
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

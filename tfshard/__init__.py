@@ -11,8 +11,10 @@ from .errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
+    CorruptGraphError,
     IncompatibleVersionError,
     InvalidTensorError,
+    NodeNotFoundError,
     OutputExistsError,
     RestoreError,
     TensorNotFoundError,
@@ -49,6 +51,9 @@ __all__ = [
     "WriterClosedError",
     "OutputExistsError",
     "RestoreError",
+    "CorruptGraphError",
+    "NodeNotFoundError",
+    "graph",
     "convert",
     "extract",
     "merge",
@@ -75,6 +80,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name):
+    if name == "graph":  # the subpackage (.meta files, SavedModels), on first use
+        import importlib
+
+        return importlib.import_module(".graph", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tfshard' has no attribute {name!r}")
@@ -86,4 +95,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"graph"})

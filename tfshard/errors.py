@@ -20,6 +20,8 @@ __all__ = [
     "WriterClosedError",
     "OutputExistsError",
     "RestoreError",
+    "CorruptGraphError",
+    "NodeNotFoundError",
 ]
 
 
@@ -61,6 +63,17 @@ class CorruptCheckpointError(TFShardError, ValueError):
 
 class ChecksumMismatchError(CorruptCheckpointError):
     """A stored CRC-32C does not match the bytes it covers."""
+
+
+class CorruptGraphError(CorruptCheckpointError):
+    """The bytes of a ``.meta`` (MetaGraphDef) or ``saved_model.pb`` (SavedModel) file do
+    not follow their protobuf format (a checkpoint's graph: a subclass of
+    :class:`CorruptCheckpointError`, so that code catching corrupt checkpoints catches
+    it too)."""
+
+
+class NodeNotFoundError(TFShardError, KeyError):
+    """The graph holds no node (or node output) of the requested name."""
 
 
 class IncompatibleVersionError(TFShardError, ValueError):

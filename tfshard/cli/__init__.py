@@ -18,13 +18,13 @@ import sys
 
 import tfshard
 
-from . import convert, diff, extract, ls, merge, rename, show, strip, verify
+from . import convert, diff, extract, graph, ls, merge, rename, show, strip, verify
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
 
 __all__ = ["main", "parse_size", "FORMATS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
 # In the order `tfshard --help` lists them.
-COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff)
+COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff, graph)
 
 
 def _parser() -> argparse.ArgumentParser:
