@@ -455,3 +455,44 @@ def test_legacy_bundle_signatures_decode():
         default, named = f.meta_graph().serving_signatures()
     assert default == graph.BundleSignature("regression", {"input": "x:0", "output": "y:0"})
     assert named == {"inputs": graph.BundleSignature("generic", {"x": "x:0", "y": "y:0"})}
+
+
+_RISKY = textwrap.dedent("""
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np
+    import tensorflow as tf
+    out = sys.argv[1]
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        x = v1.placeholder(tf.float32, [2], name="x")
+        y = v1.py_func(lambda a: a * 2, [x], tf.float32, name="doubler")
+        data = tf.io.read_file(tf.constant("/etc/hostname"), name="read_it")
+        tf.io.write_file(tf.constant(os.path.join(out, "dump")), data, name="write_it")
+        v = v1.get_variable("v", [2])
+        with v1.Session() as s:
+            s.run(v1.global_variables_initializer())
+            v1.train.Saver().save(s, os.path.join(out, "tf1", "m"))
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def load(self, path):
+            return tf.io.read_file(path)
+
+    tf.saved_model.save(M(), os.path.join(out, "tf2"))
+""")
+
+
+def test_risky_ops_of_graphs_tf_wrote(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _RISKY, str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with graph.open(tmp_path / "tf1" / "m.meta") as f:
+        risky = {(r.node, r.op) for r in graph.risky_ops(f.meta_graph())}
+    assert risky == {("doubler", "PyFunc"), ("read_it", "ReadFile"), ("write_it", "WriteFile")}
+    with graph.open(tmp_path / "tf2") as f:
+        risky = graph.risky_ops(f.meta_graph())
+    # The ReadFile inside the function; the saver's own SaveV2/RestoreV2 (in the traced
+    # save and restore functions) are not flagged.
+    assert [(r.op, r.function.startswith("__inference_load")) for r in risky] == [
+        ("ReadFile", True)]

@@ -61,7 +61,7 @@ with the offset of the problem.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
@@ -651,6 +651,11 @@ def variable_def(data):
     return tuple(v)
 
 
+def variable_defs(list values):
+    """:func:`variable_def` of each serialized VariableDef of a list."""
+    return [variable_def(v) for v in values]
+
+
 # ---- GraphDef: nodes and functions --------------------------------------------------
 
 def graph_parts(buf, list spans):
@@ -712,13 +717,28 @@ cdef inline bint _same(const uint8_t *p, size_t n, const uint8_t *q, size_t k) n
     return n == k and (n == 0 or memcmp(p, q, n) == 0)
 
 
+# SCAN_FIND looks each node's name up in a filter of the wanted names' hashes first, so
+# that only the few names that may match become Python strings (most of its time, else).
+DEF FILTER_BITS = 65536
+DEF FILTER_BYTES = 8192
+
+
+cdef inline uint32_t _hash(const uint8_t *p, size_t n) noexcept nogil:
+    """FNV-1a, folded to FILTER_BITS."""
+    cdef uint32_t h = 2166136261u
+    cdef size_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 16777619u
+    return (h ^ (h >> 16)) & (FILTER_BITS - 1)
+
+
 def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t stop, uint32_t node_field,
          int mode, arg):
     """Walk the nodes (field ``node_field``: 1 of a GraphDef, 3 of a FunctionDef) of the
     message at ``buf[pos:end]``, from ``pos`` while it is below ``stop``; returns where it
     stopped (the start of a field), so that a caller can walk a large graph in windows.
-    Each node is read only as far as its name, op (and device) for ``mode`` (SCAN_*);
-    the offset given for a node is that of its field tag (see :func:`node`)."""
+    Of each node only its name, op and device are read, for ``mode`` (SCAN_*); the offset
+    given for a node is that of its field tag (see :func:`node`)."""
     cdef const uint8_t[::1] view = buf
     cdef Msg m, sub
     cdef tfs_pb_field f, g
@@ -734,12 +754,19 @@ def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t stop, uint32_t node_fie
     cdef set wanted = None
     cdef object ops = None
     cdef list out = None
-    cdef bint need_op = mode != SCAN_FIND and mode != SCAN_INDEX
     cdef object key, count
+    cdef uint8_t filter_[FILTER_BYTES]
+    cdef bytes encoded
+    cdef uint32_t h
     if mode == SCAN_OPS:
         counts = arg
     elif mode == SCAN_FIND:
         wanted, found = arg
+        memset(filter_, 0, sizeof(filter_))
+        for key in wanted:
+            encoded = key.encode("utf-8", "backslashreplace")
+            h = _hash(<const uint8_t *><const char *>encoded, len(encoded))
+            filter_[h >> 3] |= 1 << (h & 7)
     elif mode == SCAN_INDEX:
         found = arg
     elif mode == SCAN_BY_OP:
@@ -760,24 +787,18 @@ def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t stop, uint32_t node_fie
         _enter(&sub, &m, &f)
         name = op = device = NULL
         name_len = op_len = device_len = 0
-        # Protobuf writers put fields in number order (name, op, input, device, attr):
-        # stop as soon as what this mode needs is read.
+        # Every field of the node is walked (each one skipped by its length): of a name
+        # or op given twice the last one counts, as in a protobuf parser.
         while _next(&sub, &g):
             if g.field == 1:
                 _need(&sub, &g, TFS_PB_LEN, "a node's name")
                 name, name_len = g.data, g.len
-                if not need_op:
-                    break
             elif g.field == 2:
                 _need(&sub, &g, TFS_PB_LEN, "a node's op")
                 op, op_len = g.data, g.len
-                if mode != SCAN_HEADS and name != NULL:
-                    break
-            elif g.field == 4 and mode == SCAN_HEADS:
+            elif g.field == 4:
                 _need(&sub, &g, TFS_PB_LEN, "a node's device")
                 device, device_len = g.data, g.len
-                if name != NULL and op != NULL:
-                    break
         if mode == SCAN_OPS:
             # Consecutive nodes often share an op: reuse the last key.
             if last_key is None or not _same(op, op_len, last_op, last_len):
@@ -786,9 +807,11 @@ def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t stop, uint32_t node_fie
             count = counts.get(last_key)
             counts[last_key] = 1 if count is None else count + 1
         elif mode == SCAN_FIND:
-            key = _text_of(name, name_len)
-            if key in wanted:
-                found[key] = tag - m.base
+            h = _hash(name, name_len)
+            if filter_[h >> 3] & (1 << (h & 7)):
+                key = _text_of(name, name_len)
+                if key in wanted and key not in found:   # as SCAN_INDEX: the first one
+                    found[key] = tag - m.base
         elif mode == SCAN_INDEX:
             key = _text_of(name, name_len)
             if key not in found:   # TF refuses duplicate names; keep the first

@@ -51,38 +51,47 @@ class _Source:
     def _check(self) -> None:
         if self.closed:
             raise ValueError(f"graph file {self.path} is closed")
+        # A mapped file only (a small one is read into memory).
         if self._file is not None and os.fstat(self._file.fileno()).st_size < self.size:
             # Reading a mapped page past the new end would fault (SIGBUS).
             raise CorruptGraphError(f"{self.path} was truncated while open (it was "
                                     f"{self.size} bytes)", path=self.path)
+
+    def _named(self, exc: CorruptCheckpointError) -> CorruptGraphError:
+        """The decoder's error (or the TensorProto decoder's), naming the file."""
+        if isinstance(exc, CorruptGraphError) and exc.path is not None:
+            return exc
+        message = exc.message if exc.path is not None else f"{self.path}: {exc.message}"
+        return CorruptGraphError(message, path=self.path, key=exc.key, offset=exc.offset)
 
     @contextmanager
     def errors(self):
         """Name the file in the decoder's errors."""
         try:
             yield
-        except CorruptGraphError as exc:
-            if exc.path is not None:
-                raise
-            raise CorruptGraphError(f"{self.path}: {exc.message}", path=self.path,
-                                    key=exc.key, offset=exc.offset) from None
-        except CorruptCheckpointError as exc:   # from the TensorProto decoder
-            raise CorruptGraphError(exc.message, path=self.path, key=exc.key,
-                                    offset=exc.offset) from None
+        except CorruptCheckpointError as exc:
+            raise self._named(exc) from None
 
     def call(self, fn, *args, data=None):
         """``fn(buffer, *args)``; with ``data``, ``fn(data, *args)`` (bytes held in a
         field of the file, such as an Any's value)."""
         self._check()
-        with self.errors():
+        try:
             return fn(self.buffer if data is None else data, *args)
+        except CorruptCheckpointError as exc:
+            raise self._named(exc) from None
 
-    def scan(self, spans, field: int, mode: int, arg) -> None:
-        """Run :func:`tfshard._metagraph.scan` over every span, window by window."""
+    def scan(self, spans, field: int, mode: int, arg, each_window=None) -> None:
+        """Run :func:`tfshard._metagraph.scan` over every span, window by window;
+        ``each_window(end)``, if given, runs after each window is walked and before its
+        pages are handed back (to decode the nodes found in it while they are mapped:
+        decoding them later would fault their pages, and those around them, back in)."""
         for start, end in spans:
             pos = start
             while pos < end:
                 new = self.call(W.scan, pos, end, min(end, pos + _WINDOW), field, mode, arg)
+                if each_window is not None:
+                    each_window(end)
                 self._release(pos, new)
                 pos = new
 

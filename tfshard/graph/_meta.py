@@ -126,14 +126,14 @@ class MetaGraph:
                 values = [Any(*v) for v in values]
             variables = None
             if kind == "bytes_list" and name in VARIABLE_COLLECTIONS:
-                variables = [self.variable_def(v) for v in values]
+                variables = [_variable_def(v) for v in self._src.call(W.variable_defs,
+                                                                      data=values)]
             out[name] = Collection(name, kind, values, variables)
         return out
 
     def variable_def(self, data: bytes) -> VariableDef:
         """Decode one serialized ``VariableDef`` (a bytes_list entry of a collection)."""
-        v = self._src.call(W.variable_def, data=data)
-        return VariableDef(*v[:4], None if v[4] is None else SliceInfo(*v[4]), *v[5:])
+        return _variable_def(self._src.call(W.variable_def, data=data))
 
     @cached_property
     def saver(self):
@@ -244,12 +244,18 @@ class MetaGraph:
         (without building the index :meth:`node` builds)."""
         wanted = set(names)
         if self._node_index is not None:
-            offsets = {n: self._node_index[n] for n in wanted if n in self._node_index}
-        else:
-            offsets = {}
-            if wanted:
-                self._src.scan(self._top[2], 1, W.SCAN_FIND, (wanted, offsets))
-        return {name: self._decode_node(offset) for name, offset in offsets.items()}
+            return {n: self._decode_node(self._node_index[n]) for n in wanted
+                    if n in self._node_index}
+        offsets: dict = {}
+        out: dict = {}
+
+        def decode(end):
+            for name in offsets.keys() - out.keys():
+                out[name] = self._decode_node(offsets[name], end)
+
+        if wanted:
+            self._src.scan(self._top[2], 1, W.SCAN_FIND, (wanted, offsets), decode)
+        return out
 
     def node(self, name: str) -> Node:
         """The graph's node ``name`` (an op name, without ``:0``).  The first call indexes
@@ -307,9 +313,14 @@ class MetaGraph:
         nodes whose name starts with it."""
         ops = set(ops)
         found: list = []
-        self._src.scan(self._top[2], 1, W.SCAN_BY_OP, (ops, found))
-        out = [self._decode_node(offset) for name, _, offset in found
-               if prefix is None or name.startswith(prefix)]
+        out: list = []
+
+        def decode(end):
+            out.extend(self._decode_node(offset, end) for name, _, offset in found
+                       if prefix is None or name.startswith(prefix))
+            found.clear()
+
+        self._src.scan(self._top[2], 1, W.SCAN_BY_OP, (ops, found), decode)
         if prefix is not None:
             return out
         for fname, start, end in self._functions:
@@ -460,6 +471,10 @@ class _AnyOp:
 
     def __contains__(self, op) -> bool:
         return True
+
+
+def _variable_def(v: tuple) -> VariableDef:
+    return VariableDef(*v[:4], None if v[4] is None else SliceInfo(*v[4]), *v[5:])
 
 
 def _op_name(tensor_name: str) -> str:

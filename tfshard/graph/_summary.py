@@ -117,7 +117,7 @@ def risky_ops(graph) -> list:
                     continue
             reason = RISKY_OPS[node.op] + " outside the graph's saver"
         else:
-            reason = RISKY_OPS[node.op]
+            reason = RISKY_OPS.get(node.op, "")
         out.append(RiskyOp(node.name, node.op, node.function, reason))
     return out
 
