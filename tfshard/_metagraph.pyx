@@ -67,22 +67,6 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from ._format cimport *
 
-cdef extern from "tfs_format.h" nogil:
-    enum:
-        TFS_PB_VARINT
-        TFS_PB_FIXED64
-        TFS_PB_LEN
-        TFS_PB_FIXED32
-
-    ctypedef struct tfs_pb_field:
-        uint32_t field
-        uint32_t wire
-        uint64_t varint
-        const uint8_t *data
-        size_t len
-
-    int tfs_pb_next(const uint8_t **p, const uint8_t *end, tfs_pb_field *f)
-
 # Nesting of attribute values (lists of functions of attributes...) and of composite
 # tensor infos; TF's own parser stops at 100.
 DEF MAX_DEPTH = 64

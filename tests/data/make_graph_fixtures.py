@@ -63,6 +63,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE / "graph"
+sys.path.insert(0, str(HERE.parent))   # tests/, for bundle_builder's protobuf encoder
 CASES = ("tf1", "legacy", "tf2_module", "builder")
 
 
@@ -163,17 +164,12 @@ def _serving_signatures() -> bytes:
     """A serialized tensorflow.serving.Signatures (session_bundle/manifest.proto:
     Signatures 1 default_signature, 2 named_signatures; Signature 1 regression, 3 generic;
     RegressionSignature 1 input, 2 output; GenericSignature 1 map; TensorBinding 1
-    tensor_name), built field by field: TF 2.21 no longer ships that proto."""
-    def varint(n):
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
+    tensor_name), built field by field with tests/bundle_builder.py: TF 2.21 no longer
+    ships that proto."""
+    from bundle_builder import field as encode
 
     def field(number, payload):
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
+        return encode(number, 2, payload)
 
     def binding(name):
         return field(1, name.encode())
