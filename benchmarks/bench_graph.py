@@ -29,8 +29,8 @@ memory
 op_counts
     ``MetaGraph.op_counts()`` (every node read) vs parse + counting ops.  Info.
 node_lookup
-    Open, then one ``MetaGraph.tensor(name)`` (the first lookup indexes every node name)
-    vs parse + a scan for the node.  Info.
+    Open, then one ``MetaGraph.tensor(name)`` (the first few lookups walk the graph for
+    their node, later ones index every name) vs parse + a scan for the node.  Info.
 
 Examples
 --------
@@ -408,7 +408,7 @@ CASE_TEXT = {
     "decode_tf_lookup": "the same vs parse + the same answers from TF's parse",
     "memory": "peak RSS growth of the decode, over the file size",
     "op_counts": "op_counts() vs parse + Counter over the nodes",
-    "node_lookup": "open + tensor(name) (indexes every node) vs parse + scan",
+    "node_lookup": "open + one tensor(name) vs parse + a scan for the node",
 }
 
 

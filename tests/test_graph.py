@@ -558,5 +558,10 @@ def test_variables_do_not_index_or_decode_every_node():
         g.collections
         g.signatures
         assert g._node_index is None
-        g.node("x")
+        for _ in range(4):       # a few lookups walk the graph for their node
+            assert g.node("x").op == "Placeholder"
+        assert g._node_index is None
+        assert g.node("dense/kernel").op == "VariableV2"   # then every name is indexed
         assert g._node_index is not None and len(g._node_index) == g.num_nodes
+        with pytest.raises(tfshard.NodeNotFoundError):
+            g.node("nothing")

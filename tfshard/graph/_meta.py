@@ -43,6 +43,8 @@ VARIABLE_COLLECTIONS = ("variables", "trainable_variables", "local_variables",
 _TOP = (1, 2, 3, 4, 5, 6, 7)
 _ASSETS_COLLECTION = "saved_model_assets"
 _BUNDLE_COLLECTION = "serving_signatures"
+# node() walks the graph for its node this many times before it indexes every name.
+_WALKS_BEFORE_INDEX = 4
 _TENSOR_NAME = re.compile(r"^(?P<op>[^:^]+):(?P<index>\d+)$")
 # Ops whose output is a reference to their dtype attribute (the others output their value).
 _REF_OUTPUT = frozenset({"VariableV2", "Variable", "TemporaryVariable", "Assign", "AssignAdd",
@@ -67,6 +69,7 @@ class MetaGraph:
         self.index = index
         self._top = source.call(W.fields, start, end, _TOP)
         self._node_index = None
+        self._lookups = 0
 
     def __repr__(self) -> str:
         return (f"<tfshard.graph.MetaGraph {self.index} of {self._src.path}: tags "
@@ -258,25 +261,32 @@ class MetaGraph:
         return out
 
     def node(self, name: str) -> Node:
-        """The graph's node ``name`` (an op name, without ``:0``).  The first call indexes
-        the node names of the whole graph.
+        """The graph's node ``name`` (an op name, without ``:0``).  The first few calls
+        each walk the graph for their node; later ones index every node name once, then
+        look names up in the index.
 
         Raises
         ------
         NodeNotFoundError
             If the graph holds no such node.
         """
-        if self._node_index is None:
-            index: dict = {}
-            self._src.scan(self._top[2], 1, W.SCAN_INDEX, index)
-            self._node_index = index
-        offset = self._node_index.get(name)
-        if offset is None:
+        if self._node_index is None and self._lookups < _WALKS_BEFORE_INDEX:
+            # A walk finds one node faster than building the index of a large graph.
+            self._lookups += 1
+            found = self.find_nodes([name]).get(name)
+        else:
+            if self._node_index is None:
+                index: dict = {}
+                self._src.scan(self._top[2], 1, W.SCAN_INDEX, index)
+                self._node_index = index
+            offset = self._node_index.get(name)
+            found = None if offset is None else self._decode_node(offset)
+        if found is None:
             hint = (f"; {name!r} looks like a tensor name: use tensor({name!r})"
                     if _TENSOR_NAME.match(name) else "")
             raise NodeNotFoundError(f"{self._src.path}: the graph has no node {name!r}{hint}",
                                     path=self._src.path, key=name)
-        return self._decode_node(offset)
+        return found
 
     def function_nodes(self, function: str) -> list:
         """The decoded :class:`Node` entries of one library function."""
