@@ -26,7 +26,7 @@ extensions = [
     )
     for name, extra_sources in (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]),
                                  ("_v1", ["csrc/tfs_v1.c"]), ("_graph", []),
-                                 ("_metagraph", []))
+                                 ("_metagraph", []), ("_graphdef", []))
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

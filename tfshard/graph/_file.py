@@ -7,6 +7,7 @@ import mmap
 import os
 from contextlib import contextmanager
 
+from .. import _graphdef as N
 from .. import _metagraph as W
 from .. import _v1, dtypes, paths
 from ..errors import (
@@ -82,14 +83,14 @@ class _Source:
             raise self._named(exc) from None
 
     def scan(self, spans, field: int, mode: int, arg, each_window=None) -> None:
-        """Run :func:`tfshard._metagraph.scan` over every span, window by window;
+        """Run :func:`tfshard._graphdef.scan` over every span, window by window;
         ``each_window(end)``, if given, runs after each window is walked and before its
         pages are handed back (to decode the nodes found in it while they are mapped:
         decoding them later would fault their pages, and those around them, back in)."""
         for start, end in spans:
             pos = start
             while pos < end:
-                new = self.call(W.scan, pos, end, min(end, pos + _WINDOW), field, mode, arg)
+                new = self.call(N.scan, pos, end, min(end, pos + _WINDOW), field, mode, arg)
                 if each_window is not None:
                     each_window(end)
                 self._release(pos, new)
@@ -110,7 +111,7 @@ class _Source:
         :meth:`tfshard.graph.TensorValue.value`)."""
         import numpy as np
 
-        code, shape = self.call(W.tensor_head, start, end)
+        code, shape = self.call(N.tensor_head, start, end)
         where = f"{self.path}: the tensor of {owner!r}"
         try:
             dt = dtypes.by_code(code)

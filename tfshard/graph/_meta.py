@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 
+from .. import _graphdef as N
 from .. import _metagraph as W
 from .. import objectgraph
 from ..errors import CorruptCheckpointError, CorruptGraphError, NodeNotFoundError
@@ -191,7 +192,7 @@ class MetaGraph:
 
     @cached_property
     def _graph(self) -> tuple:
-        return self._src.call(W.graph_parts, self._top[2])
+        return self._src.call(N.graph_parts, self._top[2])
 
     @property
     def num_nodes(self) -> int:
@@ -205,7 +206,7 @@ class MetaGraph:
 
     @cached_property
     def _functions(self) -> list:
-        return self._src.call(W.functions, self._graph[1])
+        return self._src.call(N.functions, self._graph[1])
 
     def functions(self) -> list:
         """The :class:`Function` entries of the graph's function library."""
@@ -214,15 +215,15 @@ class MetaGraph:
 
     def _count_nodes(self, start, end) -> int:
         counts: dict = {}
-        self._src.scan([(start, end)], 3, W.SCAN_OPS, counts)
+        self._src.scan([(start, end)], 3, N.SCAN_OPS, counts)
         return sum(counts.values())
 
     def op_counts(self) -> dict:
         """``{op: number of nodes}`` over the graph and its function library."""
         counts: dict = {}
-        self._src.scan(self._top[2], 1, W.SCAN_OPS, counts)
+        self._src.scan(self._top[2], 1, N.SCAN_OPS, counts)
         for _, start, end in self._functions:
-            self._src.scan([(start, end)], 3, W.SCAN_OPS, counts)
+            self._src.scan([(start, end)], 3, N.SCAN_OPS, counts)
         return dict(sorted(counts.items()))
 
     def nodes(self, function: str | None = None) -> list:
@@ -230,7 +231,7 @@ class MetaGraph:
         library function ``function``, in file order."""
         heads: list = []
         self._src.scan(self._node_container(function), 1 if function is None else 3,
-                       W.SCAN_HEADS, heads)
+                       N.SCAN_HEADS, heads)
         return [NodeHead(*h) for h in heads]
 
     def _node_container(self, function):
@@ -257,7 +258,7 @@ class MetaGraph:
                 out[name] = self._decode_node(offsets[name], end)
 
         if wanted:
-            self._src.scan(self._top[2], 1, W.SCAN_FIND, (wanted, offsets), decode)
+            self._src.scan(self._top[2], 1, N.SCAN_FIND, (wanted, offsets), decode)
         return out
 
     def node(self, name: str) -> Node:
@@ -277,7 +278,7 @@ class MetaGraph:
         else:
             if self._node_index is None:
                 index: dict = {}
-                self._src.scan(self._top[2], 1, W.SCAN_INDEX, index)
+                self._src.scan(self._top[2], 1, N.SCAN_INDEX, index)
                 self._node_index = index
             offset = self._node_index.get(name)
             found = None if offset is None else self._decode_node(offset)
@@ -292,13 +293,13 @@ class MetaGraph:
         """The decoded :class:`Node` entries of one library function."""
         (start, end), = self._node_container(function)
         found: list = []
-        self._src.scan([(start, end)], 3, W.SCAN_BY_OP, (_AnyOp(), found))
+        self._src.scan([(start, end)], 3, N.SCAN_BY_OP, (_AnyOp(), found))
         return [self._decode_node(offset, end, function) for _, _, offset in found]
 
     def _decode_node(self, offset: int, end: int | None = None, function=None) -> Node:
         if end is None:
             end = next(e for s, e in self._top[2] if s <= offset < e)
-        name, op, inputs, device, attrs, _, _ = self._src.call(W.node, offset, end)
+        name, op, inputs, device, attrs, _, _ = self._src.call(N.node, offset, end)
         return Node(name, op, inputs, device,
                     {k: self._attr(v, name) for k, v in attrs.items()}, function)
 
@@ -330,12 +331,12 @@ class MetaGraph:
                        if prefix is None or name.startswith(prefix))
             found.clear()
 
-        self._src.scan(self._top[2], 1, W.SCAN_BY_OP, (ops, found), decode)
+        self._src.scan(self._top[2], 1, N.SCAN_BY_OP, (ops, found), decode)
         if prefix is not None:
             return out
         for fname, start, end in self._functions:
             found = []
-            self._src.scan([(start, end)], 3, W.SCAN_BY_OP, (ops, found))
+            self._src.scan([(start, end)], 3, N.SCAN_BY_OP, (ops, found))
             out += [self._decode_node(offset, end, fname) for _, _, offset in found]
         return out
 
