@@ -214,6 +214,21 @@ def random_tensors(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict
     return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
 
 
+def bert_input(workdir: Path, cfg: Mapping[str, int], *, log=print) -> tuple[Path, dict]:
+    """The cached BERT-shaped input shared by the read benchmarks: ``ckpt`` written by TF's
+    ``SaveV2`` and the same tensors as ``model.safetensors``.  Returns ``(directory,
+    manifest)``; the manifest records ``tensors`` and ``bytes``."""
+    def build(tmp: Path):
+        from safetensors.numpy import save_file
+
+        tensors = random_tensors(bert_shapes(**cfg), seed=2)
+        tf_save_v2(tmp / "ckpt", tensors)
+        save_file(tensors, str(tmp / "model.safetensors"))
+        return {"tensors": len(tensors), "bytes": int(sum(a.nbytes for a in tensors.values()))}
+
+    return cached_input(workdir, "bert-" + "x".join(map(str, cfg.values())), cfg, build, log=log)
+
+
 def checkpoint_files(prefix: str | os.PathLike) -> list[Path]:
     prefix = Path(prefix)
     return sorted(p for p in prefix.parent.iterdir() if p.name.startswith(prefix.name + "."))

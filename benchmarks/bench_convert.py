@@ -9,6 +9,9 @@ Inputs are generated once into a cache directory (``--workdir``, default
 * ``big``: 20 float32 tensors of 110 MB each, 2.2 GB (20 of 1 MB with ``--quick``), written
   one tensor at a time with ``tfshard.CheckpointWriter`` (TensorFlow would need the whole
   model in memory and take far longer; the reader does not care who wrote it);
+* ``avg``: five BERT-base-shaped checkpoints (199 float32 tensors and ``global_step``, 440 MB
+  each; about 4 MB each with ``--quick``), each written by TensorFlow (``SaveV2``) from its
+  own random values;
 * ``tiny``: three tensors (shared with bench_read), converted once by every child before it
   measures anything, so lazy imports and first-use allocations are not charged to the
   conversion.
@@ -71,9 +74,36 @@ stream_memory
     shared with the file, not memory the process allocated; the kernel can evict them at any
     time.  The output is checked once against the input (names, dtypes, shapes, bytes).
 
+avg_bert, avg_bert_rss
+    The element-wise mean of the five ``avg`` checkpoints, written as a TF checkpoint.
+    tfshard: ``tfshard.conversion.average(out, prefixes)``.  The reference is the usual
+    TF-reader + numpy script (what tensor2tensor's ``avg_checkpoints.py`` does, saving with
+    TF's own ``SaveV2`` kernel instead of building variables)::
+
+        acc = {}                                        # name -> float64 sum
+        for p in prefixes:
+            r = tf.train.load_checkpoint(p)
+            for n in floating names: acc[n] = acc[n] + r.get_tensor(n)  (float64)
+        out = {n: (acc[n] / 5).astype(dtype) ...} + the last checkpoint's integers
+        tf.raw_ops.SaveV2(prefix=out_prefix, tensor_names=..., tensors=...)
+
+    Both sum in float64 in input order and round once, so their outputs must hold the same
+    bytes (checked once, untimed, else both rows are WRONG).  Then ``--repeat`` timed rounds,
+    alternating.  ``avg_bert``: median time, ratio script / tfshard, target >= 1x.
+    ``avg_bert_rss``: median peak RSS growth (VmHWM - baseline), ratio tfshard / script,
+    target <= 0.5x.
+avg_memory, avg_memory_n
+    What averaging holds in memory.  tfshard averages one tensor at a time: a float64
+    accumulator of it and the mapped pages of one input's copy of it.  ``avg_memory``: peak
+    RSS growth (VmHWM, exact: anonymous and file-backed pages together) of averaging the
+    five checkpoints, divided by the budget 8 bytes x the largest tensor's elements + that
+    tensor's bytes + 64 MiB; target <= 1x.  ``avg_memory_n``: the same growth for five
+    checkpoints divided by the growth for two of them; target <= 1.1x (memory does not grow
+    with the number of checkpoints).  Medians of ``--repeat`` fresh processes each.
+
 Examples
 --------
-    python benchmarks/bench_convert.py                  # full run, ~3 GB of inputs, minutes
+    python benchmarks/bench_convert.py                  # full run, ~5 GB of inputs, minutes
     python benchmarks/bench_convert.py --quick          # tiny inputs, one repeat (smoke test)
     python benchmarks/bench_convert.py --cases stream_memory --repeat 3 --json out.json
 """
@@ -99,13 +129,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory")
+CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory", "avg_bert", "avg_bert_rss", "avg_memory",
+         "avg_memory_n")
 TF_TO_ST_CASES = ("tf_to_st", "tf_to_st_rss")
+AVG_CASES = ("avg_bert", "avg_bert_rss", "avg_memory", "avg_memory_n")
+AVG_CHECKPOINTS = 5
 
 TARGETS = {  # case: (op, threshold)
     "tf_to_st": (">=", 2.0),
     "tf_to_st_rss": ("<=", 1.0),
     "stream_memory": ("<=", 1.0),
+    "avg_bert": (">=", 1.0),
+    "avg_bert_rss": ("<=", 0.5),
+    "avg_memory": ("<=", 1.0),
+    "avg_memory_n": ("<=", 1.1),
 }
 
 # stream_memory's model: BIG_TENSORS float32 tensors of this shape (110 MB; 1 MB with --quick).
@@ -118,7 +155,8 @@ STREAM_SLACK = 64 << 20
 
 SAMPLE_INTERVAL = 0.001  # seconds between polls of a child's /proc/PID/status
 CHILD_TIMEOUT = 900      # seconds; a child that takes longer is killed and the case errors
-TOOLS = {"tfshard": "tfshard convert", "script": "the usual script"}
+TOOLS = {"tfshard": "tfshard convert", "script": "the usual script",
+         "tfshard-average": "tfshard average", "script-average": "the TF + numpy script"}
 
 
 def log(msg: str) -> None:
@@ -179,8 +217,9 @@ class PeakSampler(threading.Thread):
         return {"peak": self.peak, "samples": self.samples}
 
 
-# The child: argv is TOOL TINY TINY_OUT SRC DST.  It prints "BASE <json>" once ready, waits for
-# a line on stdin (the parent's sampler starts in between), converts, prints "DONE <json>".
+# The child: argv is TOOL TINY TINY_OUT SRC DST (for the *-average tools SRC is a JSON list of
+# prefixes).  It prints "BASE <json>" once ready, waits for a line on stdin (the parent's
+# sampler starts in between), converts, prints "DONE <json>".
 CHILD = inspect.getsource(proc_status) + r'''
 import gc, json, os, resource, sys, time
 tool, tiny, tiny_out, src, dst = sys.argv[1:6]
@@ -189,6 +228,32 @@ if tool == "tfshard":
 
     def run(src, dst):
         return convert(src, dst).tensors
+elif tool == "tfshard-average":
+    from tfshard.conversion import average
+
+    def run(src, dst):
+        return average(dst, json.loads(src)).tensors
+elif tool == "script-average":  # a TF reader and numpy, as tensor2tensor's avg_checkpoints.py
+    import numpy as np
+    import tensorflow as tf
+
+    def run(src, dst):
+        prefixes = json.loads(src)
+        names = [n for n, _ in tf.train.list_variables(prefixes[-1])]
+        last = tf.train.load_checkpoint(prefixes[-1])
+        types = last.get_variable_to_dtype_map()
+        acc = {}
+        for prefix in prefixes:
+            reader = tf.train.load_checkpoint(prefix)
+            for n in names:
+                if types[n].is_floating:
+                    value = reader.get_tensor(n)
+                    acc[n] = acc[n] + value if n in acc else value.astype(np.float64)
+        out = {n: (acc[n] / len(prefixes)).astype(types[n].as_numpy_dtype) if n in acc
+               else last.get_tensor(n) for n in names}
+        tf.raw_ops.SaveV2(prefix=dst, tensor_names=list(out), shape_and_slices=[""] * len(out),
+                          tensors=list(out.values()))
+        return len(out)
 else:  # "script": the usual way, with TensorFlow and safetensors
     import tensorflow as tf
     from safetensors.numpy import save_file
@@ -202,8 +267,11 @@ else:  # "script": the usual way, with TensorFlow and safetensors
 def maxrss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
-run(tiny, tiny_out)          # lazy imports and first-use allocations happen here
-os.remove(tiny_out)
+# Lazy imports and first-use allocations happen here.
+run(json.dumps([tiny, tiny]) if tool.endswith("average") else tiny, tiny_out)
+for leftover in [tiny_out] + [tiny_out + s for s in (".index", ".data-00000-of-00001")]:
+    if os.path.exists(leftover):
+        os.remove(leftover)
 gc.collect()
 base = proc_status()
 maxrss_before = maxrss()
@@ -340,6 +408,27 @@ def build_inputs(args, tfshard_mod) -> dict:
                       big_largest=m["largest"])
         files += C.checkpoint_files(inputs["big"])
 
+    if any(c in AVG_CASES for c in args.cases):
+        def build_avg(tmp: Path):
+            shapes = C.bert_shapes(**bert_cfg)
+            largest = max(shapes.values(), key=lambda s: int(np.prod(s)))
+            for i in range(AVG_CHECKPOINTS):  # one model in memory at a time
+                tensors = C.random_tensors(shapes, seed=100 + i)
+                tensors["global_step"] = np.int64(1000 * (i + 1))
+                C.tf_save_v2(tmp / f"ckpt-{i + 1}", tensors)
+                del tensors
+            return {"tensors": len(shapes) + 1, "largest_elements": int(np.prod(largest)),
+                    "bytes": AVG_CHECKPOINTS * 4 * sum(int(np.prod(v)) for v in shapes.values())}
+
+        spec = {"checkpoints": AVG_CHECKPOINTS, **bert_cfg}
+        avg, m = C.cached_input(workdir, "convert-avg-" + "x".join(map(str, bert_cfg.values())),
+                                spec, build_avg, log=log)
+        inputs.update(avg=[str(avg / f"ckpt-{i + 1}") for i in range(AVG_CHECKPOINTS)],
+                      avg_tensors=m["tensors"], avg_bytes=m["bytes"],
+                      avg_largest=m["largest_elements"])
+        for prefix in inputs["avg"]:
+            files += C.checkpoint_files(prefix)
+
     C.warm(files + C.checkpoint_files(inputs["tiny"]))
     return inputs
 
@@ -362,6 +451,19 @@ def same_tensors(a: str, b: str) -> str | None:
                         + (" with different bytes" if x.shape == y.shape else ""))
         if not ka:
             return "no tensors at all"
+    return None
+
+
+def same_checkpoints(a: str, b: str, tfshard_mod) -> str | None:
+    """None if two TF checkpoints hold the same tensors (names, dtypes, shapes, bytes)."""
+    with tfshard_mod.open(a) as ca, tfshard_mod.open(b) as cb:
+        if set(ca) != set(cb):
+            return f"{len(ca)} vs {len(cb)} tensors"
+        for name in sorted(ca):
+            x, y = ca[name], cb[name]
+            if (ca.info(name).dtype != cb.info(name).dtype or x.shape != y.shape
+                    or x.tobytes() != y.tobytes()):
+                return f"{name!r} differs"
     return None
 
 
@@ -403,6 +505,7 @@ class Bench:
         self.args, self.inp, self.tfs, self.conv = args, inputs, tfshard_mod, converter
         self.outdir = outdir
         self._tf_to_st = None  # runs shared by tf_to_st and tf_to_st_rss
+        self._avg = None  # runs shared by the avg_* cases
 
     def _clear(self) -> None:
         for entry in os.scandir(self.outdir):
@@ -500,6 +603,115 @@ class Bench:
             row.notes.append("could not reset VmHWM: growth includes the import phase's peak "
                              "(an upper bound)")
 
+    # -- averaging checkpoints ---------------------------------------------------------------
+
+    def _run_avg(self, tool: str, prefixes, *, sample: bool) -> dict:
+        try:
+            return run_child(tool, self.inp["tiny"], self.outdir / f"tiny-{tool}",
+                             json.dumps(prefixes), self.outdir / tool / "ckpt", sample=sample)
+        finally:
+            self._clear()
+
+    def avg_runs(self):
+        if self._avg is not None:
+            return self._avg
+        prefixes = self.inp["avg"]
+        tools = ["tfshard-average", "script-average"] if self.conv else ["script-average"]
+        log(f"  check round ({', '.join(tools)}), then {self.args.repeat} timed round(s)")
+        check, problem = {}, None
+        try:
+            for tool in tools:
+                check[tool] = run_child(tool, self.inp["tiny"], self.outdir / f"tiny-{tool}",
+                                        json.dumps(prefixes), self.outdir / tool / "ckpt",
+                                        sample=True)
+            if self.conv:
+                problem = same_checkpoints(str(self.outdir / "tfshard-average" / "ckpt"),
+                                           str(self.outdir / "script-average" / "ckpt"),
+                                           self.tfs)
+        finally:
+            self._clear()
+        runs = {tool: [] for tool in tools}
+        two = []
+        for _ in range(self.args.repeat):
+            for tool in tools:
+                runs[tool].append(self._run_avg(tool, prefixes, sample=False))
+            if self.conv:
+                two.append(self._run_avg("tfshard-average", prefixes[-2:], sample=False))
+        self._avg = check, runs, two, problem
+        return self._avg
+
+    def _avg_common(self, row: C.Row):
+        check, runs, two, problem = self.avg_runs()
+        row.detail = {"check": check, "runs": runs, "two": two}
+        if "tfshard-average" in runs:
+            if problem:
+                row.status = C.WRONG
+                row.notes.append(f"tfshard's average differs from the script's: {problem}")
+            else:
+                row.notes.append("checked: tfshard's output holds the same tensors as the "
+                                 "script's (names, dtypes, shapes, bytes)")
+        return check, runs, two
+
+    def avg_bert(self, row: C.Row):
+        check, runs, _ = self._avg_common(row)
+        med = {tool: _median([r["seconds"] for r in rs]) for tool, rs in runs.items()}
+        row.tf = med["script-average"]
+        nbytes = self.inp["avg_bytes"]
+        row.notes.insert(0, f"{AVG_CHECKPOINTS} checkpoints of {self.inp['avg_tensors']} "
+                            f"tensors, {nbytes / 1e6:.0f} MB in all; "
+                            + ", ".join(f"{TOOLS[t]} {C.fmt_value(v, 's')}"
+                                        for t, v in med.items())
+                            + "; averaging only, in a fresh process")
+        if "tfshard-average" in med:
+            row.tfshard = med["tfshard-average"]
+            row.ratio = row.tf / row.tfshard
+
+    def avg_bert_rss(self, row: C.Row):
+        check, runs, _ = self._avg_common(row)
+        growth = {tool: _median([r["growth"] for r in rs]) for tool, rs in runs.items()}
+        row.tf = growth["script-average"]
+        if "tfshard-average" in growth:
+            row.tfshard = growth["tfshard-average"]
+            row.ratio = row.tfshard / row.tf
+        row.notes.insert(0, "peak RSS growth over the RSS after imports (VmHWM - baseline): "
+                         + ", ".join(f"{TOOLS[t]} {_mib(g)}" for t, g in growth.items()))
+        row.notes.insert(1, "check run, sampled: peak growth of anonymous memory "
+                         + ", ".join(f"{TOOLS[t]} {_mib(c['anon_growth'])}"
+                                     for t, c in check.items()))
+        if not all(r["hwm_reset"] for rs in runs.values() for r in rs):
+            row.notes.append("could not reset VmHWM: growth includes the import phase's peak")
+
+    def _avg_budget(self) -> int:
+        largest = self.inp["avg_largest"]
+        return 8 * largest + 4 * largest + STREAM_SLACK
+
+    def avg_memory(self, row: C.Row):
+        if self.conv is None:
+            row.notes.append("tfshard cannot convert; not measured")
+            return
+        check, runs, two = self._avg_common(row)
+        five = _median([r["growth"] for r in runs["tfshard-average"]])
+        budget = self._avg_budget()
+        row.tfshard, row.ratio = five, five / budget
+        row.notes.insert(0, f"largest tensor {self.inp['avg_largest']} float32 elements; budget "
+                            f"= its float64 accumulator + its bytes + {_mib(STREAM_SLACK)} = "
+                            f"{_mib(budget)}; peak RSS growth (VmHWM, exact) averaging "
+                            f"{AVG_CHECKPOINTS} checkpoints: {_mib(five)}")
+        row.notes.insert(1, f"check run, sampled: anonymous {_mib(check['tfshard-average']['anon_growth'])}, "
+                            f"file-backed {_mib(_file_growth(check['tfshard-average']))}")
+
+    def avg_memory_n(self, row: C.Row):
+        if self.conv is None:
+            row.notes.append("tfshard cannot convert; not measured")
+            return
+        _, runs, two = self._avg_common(row)
+        five = _median([r["growth"] for r in runs["tfshard-average"]])
+        pair = _median([r["growth"] for r in two])
+        row.tfshard, row.ratio = five, five / pair
+        row.notes.insert(0, f"peak RSS growth (VmHWM): {AVG_CHECKPOINTS} checkpoints "
+                            f"{_mib(five)}, 2 checkpoints {_mib(pair)}; medians of "
+                            f"{len(two)} run(s) each")
+
     # -- streaming a big model ---------------------------------------------------------------
 
     def stream_memory(self, row: C.Row):
@@ -556,6 +768,13 @@ DESCRIPTIONS = {
                     "ratio = tfshard / script",
     "stream_memory": "convert of a {big_gb} GB, {big_tensors}-tensor checkpoint to "
                      ".safetensors: peak anonymous-memory growth / (largest tensor + 64 MiB)",
+    "avg_bert": "average of 5 BERT-shaped TF checkpoints -> TF checkpoint: tfshard average vs "
+                "TF reader + numpy + SaveV2 (TF column); time, fresh process each",
+    "avg_bert_rss": "same averages: peak RSS growth over the RSS after imports; ratio = "
+                    "tfshard / script",
+    "avg_memory": "tfshard average of 5 checkpoints: peak RSS growth / (float64 accumulator "
+                  "of the largest tensor + its bytes + 64 MiB)",
+    "avg_memory_n": "tfshard average: peak RSS growth for 5 checkpoints / for 2",
 }
 
 
@@ -604,7 +823,8 @@ def main(argv=None) -> int:
         for case in args.cases:
             op, threshold = TARGETS[case]
             row = C.Row(case=case, what=DESCRIPTIONS[case].format(**sizes),
-                        unit="s" if case == "tf_to_st" else "bytes", op=op, threshold=threshold)
+                        unit="s" if case in ("tf_to_st", "avg_bert") else "bytes", op=op,
+                        threshold=threshold)
             rows.append(C.run_case(row, getattr(bench, case), log=log))
     finally:
         shutil.rmtree(outdir, ignore_errors=True)

@@ -110,21 +110,12 @@ def build_inputs(args) -> dict:
         C.tf_save_v2(tmp / "ckpt", tensors)
         return {"tensors": len(tensors)}
 
-    def build_bert(tmp: Path):
-        from safetensors.numpy import save_file
-
-        tensors = C.random_tensors(C.bert_shapes(**bert_cfg), seed=2)
-        C.tf_save_v2(tmp / "ckpt", tensors)
-        save_file(tensors, str(tmp / "model.safetensors"))
-        return {"tensors": len(tensors), "bytes": int(sum(a.nbytes for a in tensors.values()))}
-
     def build_tiny(tmp: Path):
         C.tf_save_v2(tmp / "ckpt", C.many_small_tensors(3, seed=3))
 
     log(f"inputs in {workdir}")
     many, many_m = C.cached_input(workdir, f"many-{n_many}", {"n": n_many}, build_many, log=log)
-    bert, bert_m = C.cached_input(workdir, "bert-" + "x".join(map(str, bert_cfg.values())),
-                                  bert_cfg, build_bert, log=log)
+    bert, bert_m = C.bert_input(workdir, bert_cfg, log=log)
     tiny, _ = C.cached_input(workdir, "tiny", {"n": 3}, build_tiny, log=log)
     inputs = {
         "many": str(many / "ckpt"), "many_tensors": many_m["tensors"],

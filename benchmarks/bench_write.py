@@ -48,6 +48,12 @@ sharded
     ``tfshard.save(p, bert, num_shards=4)`` vs ``num_shards=1``, for information (no target):
     the tfshard column is the 4-shard time, the ratio is 1-shard / 4-shard (above 1: sharding
     helps).  The shards are written by parallel threads, at most one per CPU.
+overwrite
+    ``tfshard.save(p, bert)`` where ``p`` already holds a checkpoint of the same model (the
+    ``saver.save(sess, "model.ckpt")`` loop), vs a save to a new prefix, for information (no
+    target): the tfshard column is the overwrite time, the ratio is fresh / overwrite (1: as
+    fast as a fresh save).  The old checkpoint is written untimed before every sample; the
+    overwrite includes deleting the old files after the commit (freeing their blocks).
 
 The bert cases share one interleaved run of all the writers they need, so every ratio is
 taken against the same tfshard samples.
@@ -72,8 +78,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded")
-BERT_CASES = ("bert_tf", "bert_st", "bert_disk", "sharded")
+CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded", "overwrite")
+BERT_CASES = ("bert_tf", "bert_st", "bert_disk", "sharded", "overwrite")
 SHARDS = 4
 
 TARGETS = {  # case: (op, threshold); None: informational
@@ -82,6 +88,7 @@ TARGETS = {  # case: (op, threshold); None: informational
     "bert_disk": (">=", 0.85),
     "small_tf": (">=", 3.0),
     "sharded": (">=", None),
+    "overwrite": (">=", None),
 }
 
 
@@ -137,6 +144,7 @@ class Bench:
         self._serial = itertools.count()
         self._checked: dict = {}  # (input, num_shards) -> problem or None
         self._bert = None         # timings shared by the bert cases
+        self._existing = None     # (prefix, tensors): a checkpoint remade after each clear
 
     def _path(self, stem: str) -> str:
         """A name never used before in this run, so no writer ever replaces a file."""
@@ -148,6 +156,8 @@ class Bench:
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
+        if self._existing is not None:  # what the overwrite writer's next call replaces
+            self.tfs.save(*self._existing)
         # Commit the creations and deletions now, rather than in whichever writer's sample
         # the file system's periodic flush would land in.
         if hasattr(os, "sync"):
@@ -256,6 +266,11 @@ class Bench:
                 fns["tfshard"] = self.tfshard_writer(tensors)
                 if "sharded" in cases:
                     fns[f"tfshard_{SHARDS}"] = self.tfshard_writer(tensors, num_shards=SHARDS)
+                if "overwrite" in cases:
+                    existing = str(self.outdir / "existing")
+                    self._existing = (existing, tensors)
+                    save = self.tfs.save
+                    fns["tfshard_overwrite"] = lambda: save(existing, tensors)
             if "bert_tf" in cases:
                 fns["tf"] = self.tf_writer(tensors)
             if "bert_st" in cases:
@@ -264,7 +279,11 @@ class Bench:
                 fns["plain"] = self.plain_writer(tensors)
             log(f"  timing {', '.join(k for k, f in fns.items() if f)} on "
                 f"{self.sizes['bert_bytes'] / 1e6:.0f} MB")
-            self._bert = self.timings(fns)
+            try:
+                self._bert = self.timings(fns)
+            finally:
+                self._existing = None
+                self._clear()
         return self._bert
 
     def _bert_row(self, row: C.Row, other: str | None) -> dict:
@@ -308,6 +327,16 @@ class Bench:
                                 f"{min(SHARDS, os.cpu_count() or 1)} writer threads")
             self.check(row, "bert", num_shards=SHARDS)
 
+    def overwrite(self, row: C.Row):
+        t = self._bert_row(row, None)
+        row.tf = row.safetensors = None  # not part of this comparison; see the other rows
+        if "tfshard_overwrite" in t:
+            fresh = t["tfshard"].median
+            row.tfshard = t["tfshard_overwrite"].median
+            row.ratio = fresh / row.tfshard
+            row.notes.insert(0, f"over an existing checkpoint: {C.fmt_value(row.tfshard, 's')}"
+                                f"; to a new prefix: {C.fmt_value(fresh, 's')}")
+
     # -- many small tensors ----------------------------------------------------------------
 
     def small_tf(self, row: C.Row):
@@ -336,6 +365,8 @@ DESCRIPTIONS = {
                 "tensors already in TF",
     "sharded": f"tfshard.save of the BERT-shaped model with num_shards={SHARDS} vs 1; "
                f"ratio = 1-shard / {SHARDS}-shard (information, no target)",
+    "overwrite": "tfshard.save of the BERT-shaped model over an existing checkpoint of it vs "
+                 "to a new prefix; ratio = fresh / overwrite (information, no target)",
 }
 
 

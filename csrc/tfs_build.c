@@ -82,7 +82,9 @@ int tfs_encode_entry(int64_t dtype, int32_t rank, const int64_t *dims, int64_t s
     o += put_uint_field(out + o, 0x18, shard_id);
     o += put_uint_field(out + o, 0x20, offset);
     o += put_uint_field(out + o, 0x28, size);
-    if (has_crc) {
+    /* proto3 leaves a zero fixed32 out, and so does TF: a masked CRC of 0 (one tensor
+     * in 2**32) is stored as an absent field, which readers take as 0. */
+    if (has_crc && crc != 0) {
         out[o++] = 0x35;
         put_le32(out + o, crc);
         o += 4;

@@ -38,6 +38,13 @@ uint64_t tfs_load_le64(const uint8_t *p);
 uint32_t tfs_load_be32(const uint8_t *p);
 /* CRC-32C of p[0..n) continued from crc (0 to start); as crc32c.crc32c(data, crc). */
 uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n);
+/* The same, always by the portable slicing-by-8 loop (for tests and comparisons). */
+uint32_t tfs_crc32c_portable(uint32_t crc, const uint8_t *p, size_t n);
+/* 1 if tfs_crc32c_extend uses CRC instructions of this CPU, else 0. */
+int tfs_crc32c_hardware(void);
+/* CRC-32C of A followed by B, from crc_a = CRC-32C(A), crc_b = CRC-32C(B) and B's length:
+ * lets pieces of one buffer be checksummed in parallel. */
+uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 uint32_t tfs_crc_mask(uint32_t crc);
 uint32_t tfs_crc_unmask(uint32_t masked);
 
@@ -129,11 +136,13 @@ typedef struct {
 int tfs_parse_entry(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims);
 
 /*
- * Parse the index-th TensorSliceProto of an entry.  starts/lengths must hold
- * TFS_MAX_RANK values; a whole-dimension extent yields start 0, length -1.
+ * Parse the next TensorSliceProto of an entry, scanning from *p (start at the
+ * entry's first byte) to end; *p advances past it, so all slices take one pass.
+ * starts/lengths must hold TFS_MAX_RANK values; a whole-dimension extent yields
+ * start 0, length -1.  TFS_END when no slice is left.
  */
-int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
-                          int64_t *starts, int64_t *lengths);
+int tfs_next_entry_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                         int64_t *starts, int64_t *lengths);
 
 /* ---- slice keys (OrderedCode) ------------------------------------------- */
 /* Upper bound of the encoded size of a slice key. */

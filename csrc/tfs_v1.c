@@ -180,23 +180,18 @@ int tfs_v1_meta_next(const uint8_t **pos, const uint8_t *end, tfs_v1_tensor *t,
     return TFS_OK;
 }
 
-int tfs_v1_tensor_slice(const uint8_t *msg, size_t n, uint32_t index, int32_t *rank,
-                        int64_t *starts, int64_t *lengths)
+int tfs_v1_next_tensor_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                             int64_t *starts, int64_t *lengths)
 {
-    const uint8_t *end = msg + n;
     tfs_pb_field f;
-    uint32_t seen = 0;
-    while (msg < end) {
-        int st = tfs_pb_next(&msg, end, &f);
+    while (*p < end) {
+        int st = tfs_pb_next(p, end, &f);
         if (st != TFS_OK)
             return st;
-        if (f.field == 4 && f.wire == TFS_PB_LEN) {
-            if (seen == index)
-                return tfs_parse_slice(f.data, f.len, rank, starts, lengths);
-            seen++;
-        }
+        if (f.field == 4 && f.wire == TFS_PB_LEN)
+            return tfs_parse_slice(f.data, f.len, rank, starts, lengths);
     }
-    return TFS_ERR_RANGE;
+    return TFS_END;
 }
 
 /* ---- data ---------------------------------------------------------------- */

@@ -43,7 +43,7 @@ typedef struct {
     int has_shape;
     int64_t num_elements;
     uint32_t num_slices;
-    const uint8_t *msg;        /* the whole SavedSliceMeta, for tfs_v1_tensor_slice */
+    const uint8_t *msg;        /* the whole SavedSliceMeta, for tfs_v1_next_tensor_slice */
     size_t msg_len;
 } tfs_v1_tensor;
 
@@ -54,9 +54,12 @@ typedef struct {
 int tfs_v1_meta_next(const uint8_t **pos, const uint8_t *end, tfs_v1_tensor *t,
                      int64_t *dims);
 
-/* The index-th stored slice of a SavedSliceMeta (starts/lengths: TFS_MAX_RANK). */
-int tfs_v1_tensor_slice(const uint8_t *msg, size_t n, uint32_t index, int32_t *rank,
-                        int64_t *starts, int64_t *lengths);
+/*
+ * The next stored slice of a SavedSliceMeta, scanning from *p (start at msg) to
+ * end; *p advances past it (starts/lengths: TFS_MAX_RANK).  TFS_END after the last.
+ */
+int tfs_v1_next_tensor_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                             int64_t *starts, int64_t *lengths);
 
 /* One data record. */
 typedef struct {

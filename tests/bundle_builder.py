@@ -73,7 +73,7 @@ def encode_entry(dtype, shape, shard_id=0, offset=0, size=0, crc=None, slices=()
         out += field(4, 0, offset)
     if size:
         out += field(5, 0, size)
-    if crc is not None:
+    if crc:  # proto3 leaves out a zero fixed32, as it does the other zero fields
         out += field(6, 5, crc)
     for s in slices:
         out += field(7, 2, encode_slice(s))

@@ -20,16 +20,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "SHARED_CORPUS",
+    "corpus_missing_reason",
     "TF_TO_NUMPY_DTYPE",
+    "SAVEV2_DTYPES",
+    "corpus_checkpoints",
     "expected_numpy_dtype",
     "load_manifest",
+    "random_savev2_checkpoint",
+    "random_tf_tensor",
     "tensor_sha256",
 ]
+
+
+#: Real checkpoints kept beside the repository (``../shared/corpus``), never copied into it.
+#: Optional for users; under CI=true every test that needs them must find them.
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def corpus_missing_reason(name: str) -> str | None:
+    """Why the shared corpus folder ``name`` (``"tf-serving"``, ``"realworld"``) cannot be
+    used, or None when it is there: the reason of a skip outside CI."""
+    folder = SHARED_CORPUS / name
+    if (folder / "manifest.json").is_file():
+        return None
+    return (f"the shared corpus {folder} is absent (real checkpoints that live beside the "
+            f"repository, not in it)")
 
 
 def tensor_sha256(array) -> str:
@@ -119,3 +141,77 @@ def load_manifest(path) -> dict[str, dict[str, dict]]:
     """Read a manifest; returns {prefix relative to the manifest's folder: {name: record}}."""
     with open(Path(path), encoding="utf-8") as f:
         return json.load(f)
+
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def corpus_checkpoints() -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Every checkpoint of the goldens and of ``../shared/corpus`` (tf-serving and
+    realworld): ``([(id, prefix, kind), ...], [reasons a source is missing])``.
+
+    ``kind`` is ``"v2"``, ``"v1"``, ``"v1+v2"`` or ``"index-only"`` (realworld's
+    manifest says; the goldens and tf-serving are V2).  The shared corpus is optional
+    outside CI; in CI (env ``CI`` set) a missing corpus raises instead of skipping.
+    """
+    found, missing = [], []
+    for rel in sorted(load_manifest(GOLDEN_DIR / "manifest.json")):
+        found.append((f"golden:{rel}", str(GOLDEN_DIR / rel), "v2"))
+    for source in ("tf-serving", "realworld"):
+        root = SHARED_CORPUS / source
+        if not (root / "manifest.json").is_file():
+            if os.environ.get("CI"):
+                raise RuntimeError(f"CI is set but the shared corpus {root} is missing")
+            missing.append(f"{root} is absent")
+            continue
+        for key, entry in sorted(load_manifest(root / "manifest.json").items()):
+            if source == "realworld":  # {folder: {"kind", "prefix"}}
+                found.append((f"{source}:{key}", str(root / entry["prefix"]), entry["kind"]))
+            else:  # {prefix: {name: record}}
+                found.append((f"{source}:{key}", str(root / key), "v2"))
+    return found, missing
+
+
+# dtypes tf.raw_ops.SaveV2 takes that random_tf_tensor makes.
+SAVEV2_DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
+                 "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
+                 "string", "float8_e5m2", "float8_e4m3fn", "int4", "uint4"]
+
+
+def random_tf_tensor(tf, rng, dtype: str, shape):
+    """A TensorFlow tensor (or numpy array TF takes) of ``dtype`` and ``shape`` with
+    random values covering the type's range."""
+    tdt = tf.as_dtype(dtype)
+    if dtype == "string":
+        flat = [bytes(rng.integers(0, 256, size=rng.integers(0, 20), dtype=np.uint8))
+                for _ in range(int(np.prod(shape)))]
+        return tf.constant(np.array(flat, dtype=object).reshape(shape), dtype=tf.string)
+    if dtype == "bool":
+        return tf.constant(rng.integers(0, 2, size=shape).astype(bool))
+    if dtype.startswith("complex"):
+        return tf.complex(tf.constant(rng.normal(size=shape), tf.float64),
+                          tf.constant(rng.normal(size=shape), tf.float64)).numpy().astype(dtype)
+    if tdt.is_floating:
+        return tf.cast(tf.constant(rng.normal(size=shape) * 4), tdt)
+    if dtype in ("int4", "uint4"):
+        lo, hi = (-8, 7) if dtype == "int4" else (0, 15)
+        return tf.cast(tf.constant(rng.integers(lo, hi, size=shape, endpoint=True)), tdt)
+    return tf.constant(rng.integers(tdt.min, tdt.max, size=shape, dtype=tdt.as_numpy_dtype,
+                                    endpoint=True))
+
+
+def random_savev2_checkpoint(tf, rng, prefix: str, max_tensors: int = 12) -> list[str]:
+    """Write a checkpoint of 1 to ``max_tensors`` random tensors (random dtypes from
+    :data:`SAVEV2_DTYPES`, ranks 0-3, empty dimensions included) with TF's own
+    ``SaveV2`` kernel; returns the names."""
+    names, tensors = [], []
+    for i in range(int(rng.integers(1, max_tensors))):
+        dtype = SAVEV2_DTYPES[int(rng.integers(len(SAVEV2_DTYPES)))]
+        rank = int(rng.integers(0, 4))
+        shape = [int(rng.integers(0, 5)) for _ in range(rank)]
+        names.append(f"scope_{i % 3}/{dtype}_{i}")
+        tensors.append(random_tf_tensor(tf, rng, dtype, shape))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=tensors)
+    return names

@@ -16,8 +16,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 READ_CASES = ("open_list", "read_all_tf", "read_all_st", "read_rows", "cli_ls", "memory",
               "memory_keys")
-WRITE_CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded")
-WRITE_INFO_CASES = {"sharded"}  # measured for information, no target
+WRITE_CASES = ("bert_tf", "bert_st", "bert_disk", "small_tf", "sharded", "overwrite")
+WRITE_INFO_CASES = {"sharded", "overwrite"}  # measured for information, no target
 
 
 def _run(script, *args, timeout=900):
@@ -101,7 +101,8 @@ def test_bench_write_quick(tmp_path):
     assert list(work.iterdir()) == [], list(work.iterdir())
 
 
-CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory")
+CONVERT_CASES = ("tf_to_st", "tf_to_st_rss", "stream_memory", "avg_bert", "avg_bert_rss",
+                 "avg_memory", "avg_memory_n")
 
 
 def test_bench_convert_help():
@@ -124,8 +125,9 @@ def test_bench_convert_quick(tmp_path):
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
     assert rows["tf_to_st"]["tf"] is not None, f"the reference script was not timed\n{output}"
+    assert rows["avg_bert"]["tf"] is not None, f"the averaging script was not timed\n{output}"
     # Only the cached inputs remain: the scratch directory for outputs is removed.
-    assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-"))
+    assert all(p.name.startswith(("tiny", "convert-bert-", "convert-big-", "convert-avg-"))
                for p in work.iterdir()), list(work.iterdir())
 
 
@@ -148,6 +150,66 @@ def test_bench_restore_quick(tmp_path):
             assert row["tfshard"] is not None and row["ratio"] is not None, row
         else:
             assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+
+
+FRAMEWORK_CASES = ("torch_verified", "torch_noverify", "torch_call", "jax_verified",
+                   "jax_noverify", "jax_call", "reader_loop", "rss_torch", "rss_jax",
+                   "rss_reader")
+FRAMEWORK_INFO_CASES = {"torch_call", "jax_call", "rss_torch", "rss_jax", "rss_reader"}
+
+
+def test_bench_frameworks_help():
+    _check_help("bench_frameworks.py", FRAMEWORK_CASES)
+
+
+def test_bench_frameworks_quick(tmp_path):
+    for name in ("tensorflow", "safetensors", "torch", "jax"):
+        pytest.importorskip(name)
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("bench_frameworks measures peak memory through /proc")
+    output, rows = _run_quick("bench_frameworks.py", FRAMEWORK_CASES, tmp_path,
+                              "--workdir", tmp_path / "work",
+                              statuses=("PASS", "MISS", "INFO", "SKIP"))
+    measured = _importable(tmp_path, "import tfshard.torch, tfshard.jax; tfshard.load_checkpoint")
+    for case, row in rows.items():
+        if measured:
+            expected = {"INFO"} if case in FRAMEWORK_INFO_CASES else {"PASS", "MISS"}
+            assert row["status"] in expected, f"{case}: {row}\n{output}"
+            assert row["tfshard"] is not None and row["ratio"] is not None, row
+        else:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+        assert row["safetensors"] is not None or row["tf"] is not None, row
+    if measured:  # copies are counted
+        assert "without a copy" in output, output
+
+
+DISTRIBUTED_CASES = ("dcp_bytes", "dcp_load", "jax_time", "jax_rss", "jax_time_1proc",
+                     "jax_rss_1proc")
+DISTRIBUTED_INFO_CASES = {"jax_time", "jax_time_1proc", "jax_rss_1proc"}
+
+
+def test_bench_distributed_help():
+    _check_help("bench_distributed.py", DISTRIBUTED_CASES)
+
+
+def test_bench_distributed_quick(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    if not _importable(tmp_path, "import tfshard.torch, tfshard.jax"):
+        pytest.skip("tfshard.torch / tfshard.jax are not importable outside the source tree")
+    work = tmp_path / "work"
+    # Two ranks instead of four keep the smoke test short; the script is the same.
+    output, rows = _run_quick("bench_distributed.py", DISTRIBUTED_CASES, tmp_path,
+                              "--workdir", work, "--ranks", 2,
+                              statuses=("PASS", "MISS", "INFO"))
+    for case, row in rows.items():
+        expected = {"INFO"} if case in DISTRIBUTED_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert None not in (row["tfshard"], row["baseline"], row["ratio"]), row
+    per_rank = rows["dcp_bytes"]["detail"]["per_rank"]
+    assert len(per_rank) == 2 and sum(per_rank) == rows["dcp_bytes"]["detail"]["total"], output
+    # Only the cached inputs remain: the workers' scratch directories are removed.
+    assert all(p.name.startswith("distributed_") for p in work.iterdir()), list(work.iterdir())
 
 
 GRAPH_CASES = ("decode", "decode_tf_lookup", "memory", "op_counts", "node_lookup")

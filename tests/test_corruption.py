@@ -34,7 +34,7 @@ import crc32c
 import ml_dtypes
 import numpy as np
 import pytest
-from helpers import tensor_sha256
+from helpers import SHARED_CORPUS, corpus_missing_reason, tensor_sha256
 
 import bundle_builder as bb
 import tfshard
@@ -48,7 +48,7 @@ from tfshard.errors import (
 )
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
-CORPUS = Path(__file__).parents[2] / "shared" / "corpus" / "tf-serving"
+CORPUS = SHARED_CORPUS / "tf-serving"
 
 # DataType codes used below (FORMAT.md §10).
 FLOAT, UINT8, STRING, RESOURCE, VARIANT = 1, 4, 7, 20, 21
@@ -296,7 +296,7 @@ def make_sample(source: str, tmp_path: Path) -> Sample:
     else:
         src = SOURCES[source]
         if not (src.parent / (src.name + ".index")).is_file():
-            pytest.skip(f"{src}.index is absent")
+            pytest.skip(corpus_missing_reason("tf-serving") or f"{src}.index is absent")
         prefix = copy_checkpoint(src, dest)
     index_path = Path(prefix + ".index")
     data_paths = {}
@@ -1139,20 +1139,26 @@ def test_hostile_partitioned_tensor(tmp_path, case):
 
 
 def test_many_slices_do_not_take_quadratic_time(tmp_path):
-    """2000 one-row slices (a ~65 KB index) must read in well under a second (a linear
-    check takes ~0.1 s).  A pairwise overlap check in Python takes seconds here and hours
-    for an index of a few MB: a hang from a small hostile file."""
-    n = 2000
-    b = bb.Bundle()
-    for i in range(n):
-        b.add_slice("p", (n,), [(i, 1)], np.array([i], np.float32))
-    prefix = b.write(str(tmp_path / "ckpt"))
-    with tfshard.open(prefix) as ckpt:
-        start = time.perf_counter()
-        value = ckpt["p"]
-        elapsed = time.perf_counter() - start
-    np.testing.assert_array_equal(value, np.arange(n, dtype=np.float32))
-    assert elapsed < 1.0, f"reading {n} slices took {elapsed:.1f} s"
+    """Reading a tensor stored in n one-row slices costs about n log n: 8 times the slices
+    take well under 64 times as long (a pairwise overlap check would be quadratic, and a
+    small hostile index a hang).  CPU time of this process, best of three, compared
+    between the two sizes in the same run: the machine's load cancels out."""
+    def cost(n):
+        b = bb.Bundle()
+        for i in range(n):
+            b.add_slice("p", (n,), [(i, 1)], np.array([i], np.float32))
+        prefix = b.write(str(tmp_path / f"ckpt{n}"))
+        best = float("inf")
+        for _ in range(3):
+            with tfshard.open(prefix) as ckpt:
+                start = time.process_time()
+                value = ckpt["p"]
+                best = min(best, time.process_time() - start)
+            np.testing.assert_array_equal(value, np.arange(n, dtype=np.float32))
+        return best
+
+    small, large = cost(1000), cost(8000)
+    assert large < 24 * max(small, 1e-3), (small, large)
 
 
 def test_partial_slices_still_serve_the_rows_they_hold(tmp_path):
@@ -1346,4 +1352,4 @@ def test_entries_sharing_bytes_are_reported(tmp_path):
 def test_golden_checkpoints_have_no_overlapping_tensors():
     for prefix in GOLDEN.glob("*/*.index"):
         with tfshard.open(str(prefix)[:-len(".index")]) as ckpt:
-            assert ckpt._overlaps() == [], prefix
+            assert ckpt.overlaps() == [], prefix

@@ -399,6 +399,12 @@ def test_sigkill_at_random_moments(tmp_path, zygote):
     final, stats = check_directory(directory)
     assert final == latest + 2
     elapsed = time.monotonic() - started
+    # ...and its saves' housekeeping reclaimed everything the kills left behind.
+    leftover = sorted(os.listdir(directory))
+    assert (stats["temps"], stats["unlisted_complete"], stats["data_without_index"]) == \
+        (0, 0, 0), leftover
+    assert not [n for n in leftover if ".aside" in n or n.endswith((".lock", ".deleting"))], \
+        leftover
 
     mid_save = sum(phases.get(p, 0) for p in ("save", "data", "commit", "state", "delete"))
     print(f"\ncrash test: {kills} SIGKILLs in {elapsed:.1f}s; last phase at kill: "

@@ -1,11 +1,17 @@
 """The writer's encoders (tfshard._build) against FORMAT.md vectors and against the
 independent test-side builder, which tests/test_format.py proves byte-identical to TF."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import crc32c
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bundle_builder as bb
+import tfshard
 from tfshard import _build, _data, _index
 from test_format import X_INDEX
 
@@ -111,3 +117,22 @@ def test_data_file_alignment_and_crc(tmp_path):
     raw = path.read_bytes()
     assert len(raw) == 64 + big.nbytes and raw[:3] == small and raw[3:64] == bytes(61)
     assert raw[64:] == big.tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.binary(max_size=200), b=st.binary(max_size=200))
+def test_crc_combine_equals_the_crc_of_the_concatenation(a, b):
+    assert _data.crc32c_combine(crc32c.crc32c(a), crc32c.crc32c(b), len(b)) == \
+        crc32c.crc32c(a + b)
+
+
+def test_check_crc_in_pieces_finds_every_flipped_byte():
+    data = bytearray(os.urandom(5 * _data.PARALLEL_PIECE + 123))
+    masked = _data.mask_crc(crc32c.crc32c(bytes(data)))
+    with ThreadPoolExecutor(3) as pool:
+        _data.check_crc(data, masked, pool=pool, pieces=4)
+        for where in (0, _data.PARALLEL_PIECE + 1, len(data) // 2, len(data) - 1):
+            data[where] ^= 0x40
+            with pytest.raises(tfshard.ChecksumMismatchError):
+                _data.check_crc(data, masked, pool=pool, pieces=4)
+            data[where] ^= 0x40

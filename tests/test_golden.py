@@ -21,12 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import expected_numpy_dtype, load_manifest, tensor_sha256
+from helpers import (
+    SHARED_CORPUS,
+    corpus_missing_reason,
+    expected_numpy_dtype,
+    load_manifest,
+    tensor_sha256,
+)
 
 import tfshard
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
-CORPUS_DIR = Path(__file__).parents[2] / "shared" / "corpus" / "tf-serving"
+CORPUS_DIR = SHARED_CORPUS / "tf-serving"
 
 # Prefixes with more tensors than this are checked in chunks (one test per chunk, every
 # failing name listed) instead of one test per tensor: many/ckpt alone has 20 001.
@@ -64,8 +70,8 @@ def _load_cases() -> tuple[list, list[str]]:
     is optional."""
     cases, skipped = [], []
     for source, root in (("golden", GOLDEN_DIR), ("tf-serving", CORPUS_DIR)):
-        if source == "tf-serving" and not root.is_dir():
-            skipped.append(f"{root} is absent")
+        if source == "tf-serving" and corpus_missing_reason("tf-serving"):
+            skipped.append(corpus_missing_reason("tf-serving"))
             continue
         manifest = load_manifest(root / "manifest.json")
         for rel in sorted(manifest):

@@ -311,3 +311,55 @@ def test_lookup_in_many_small_blocks(tmp_path, compress):
         for probe in ["", "zzz", "a" * 20, "\x00", "b/\xff_"]:
             if probe.encode() not in {k for k, _ in items}:
                 assert probe not in ckpt
+
+
+# ---- writable reads ------------------------------------------------------------------------
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "golden"
+WRITABLE_SOURCES = [GOLDEN / "dtypes" / "ckpt", GOLDEN / "strings" / "ckpt",
+                    GOLDEN / "partitioned" / "model.ckpt", GOLDEN / "sharded" / "model.ckpt",
+                    GOLDEN.parent / "v1" / "partitioned" / "model.ckpt"]
+
+
+@pytest.mark.parametrize("prefix", WRITABLE_SOURCES, ids=lambda p: p.parent.name)
+def test_writable_reads_are_independent_copies_of_the_values(prefix):
+    with tfshard.open(prefix) as ckpt:
+        for name in ckpt:
+            expected = np.array(ckpt[name])
+            first = ckpt.read(name, writable=True)
+            second = ckpt.read(name, writable=True)
+            assert first.flags.writeable and second.flags.writeable, name
+            if first.dtype == object:
+                assert first.tolist() == second.tolist() == expected.tolist(), name
+                continue
+            assert first.tobytes() == second.tobytes() == expected.tobytes(), name
+            if first.size:
+                first.reshape(-1).view(np.uint8)[0] ^= 1  # a write reaches no one else
+                assert second.tobytes() == ckpt[name].tobytes() == expected.tobytes(), name
+
+
+def test_writable_rows_are_writable_and_leave_the_rest(tmp_path):
+    values = np.arange(40, dtype=np.float32).reshape(10, 4)
+    prefix = tfshard.save(tmp_path / "ckpt", {"m": values})
+    with tfshard.open(prefix) as ckpt:
+        rows = ckpt.read("m", index=np.s_[2:4], writable=True)
+        rows[:] = -1
+        np.testing.assert_array_equal(ckpt["m"], values)
+        np.testing.assert_array_equal(ckpt.read("m", writable=True), values)
+
+
+def test_writable_reads_copy_where_the_os_refuses_a_private_map(tmp_path, monkeypatch):
+    values = np.arange(1000, dtype=np.int32)
+    prefix = tfshard.save(tmp_path / "ckpt", {"v": values})
+    class RefusingPrivate(mmap.mmap):  # as under strict overcommit accounting
+        def __new__(cls, fileno, length, *args, access=mmap.ACCESS_DEFAULT, **kwargs):
+            if access == mmap.ACCESS_COPY:
+                raise OSError(12, "Cannot allocate memory")
+            return super().__new__(cls, fileno, length, *args, access=access, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", RefusingPrivate)
+    with tfshard.open(prefix) as ckpt:
+        a = ckpt.read("v", writable=True)
+        a += 1
+        np.testing.assert_array_equal(ckpt.read("v", writable=True), values)
+    np.testing.assert_array_equal(tfshard.load(prefix)["v"], values)

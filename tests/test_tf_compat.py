@@ -11,33 +11,9 @@ import pytest
 
 import bundle_builder as bb
 import tfshard
-from helpers import tensor_sha256
+from helpers import random_savev2_checkpoint, tensor_sha256
 
 tf = pytest.importorskip("tensorflow")
-
-DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
-          "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "string",
-          "float8_e5m2", "float8_e4m3fn", "int4", "uint4"]
-
-
-def random_tensor(rng, dtype, shape):
-    tdt = tf.as_dtype(dtype)
-    if dtype == "string":
-        flat = [bytes(rng.integers(0, 256, size=rng.integers(0, 20), dtype=np.uint8))
-                for _ in range(int(np.prod(shape)))]
-        return tf.constant(np.array(flat, dtype=object).reshape(shape), dtype=tf.string)
-    if dtype == "bool":
-        return tf.constant(rng.integers(0, 2, size=shape).astype(bool))
-    if dtype.startswith("complex"):
-        return tf.complex(tf.constant(rng.normal(size=shape), tf.float64),
-                          tf.constant(rng.normal(size=shape), tf.float64)).numpy().astype(dtype)
-    if tdt.is_floating:
-        return tf.cast(tf.constant(rng.normal(size=shape) * 4), tdt)
-    if dtype in ("int4", "uint4"):
-        lo, hi = (-8, 7) if dtype == "int4" else (0, 15)
-        return tf.cast(tf.constant(rng.integers(lo, hi, size=shape, endpoint=True)), tdt)
-    return tf.constant(rng.integers(tdt.min, tdt.max, size=shape, dtype=tdt.as_numpy_dtype,
-                                    endpoint=True))
 
 
 def assert_matches_tensorflow(prefix):
@@ -59,17 +35,8 @@ def assert_matches_tensorflow(prefix):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_savev2_checkpoints(tmp_path, seed):
-    rng = np.random.default_rng(seed)
-    names, tensors = [], []
-    for i in range(int(rng.integers(1, 12))):
-        dtype = DTYPES[int(rng.integers(len(DTYPES)))]
-        rank = int(rng.integers(0, 4))
-        shape = [int(rng.integers(0, 5)) for _ in range(rank)]
-        names.append(f"scope_{i % 3}/{dtype}_{i}")
-        tensors.append(random_tensor(rng, dtype, shape))
     prefix = str(tmp_path / "ckpt")
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=tensors)
+    random_savev2_checkpoint(tf, np.random.default_rng(seed), prefix)
     assert_matches_tensorflow(prefix)
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import ml_dtypes
+import crc32c
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -255,6 +256,41 @@ def test_byte_identical_to_savev2_dtype_overrides(tmp_path):
         w.add("s_bytes", np.array([b"ab", b"", b"xyz"]))         # numpy S array
         w.add("u_text", np.array(["\u00e9t\u00e9", "x"]))        # numpy U array (UTF-8)
     assert_byte_identical(tf_prefix, w.prefix)
+
+
+def _four_bytes_with_crc(target: int) -> bytes:
+    """Four bytes whose CRC-32C is ``target``: CRC-32C of a 4-byte input is affine over
+    GF(2), so solve for the bits by Gaussian elimination."""
+    base = crc32c.crc32c(bytes(4))
+    columns = [crc32c.crc32c((1 << i).to_bytes(4, "little")) ^ base for i in range(32)]
+    rows = [(columns[i], 1 << i) for i in range(32)]  # (image, preimage) pairs
+    want, x = target ^ base, 0
+    for bit in reversed(range(32)):
+        pivot = next((r for r in rows if r[0] >> bit & 1), None)
+        if pivot is None:
+            continue
+        rows = [(a ^ pivot[0], b ^ pivot[1]) if a >> bit & 1 and (a, b) != pivot else (a, b)
+                for a, b in rows if (a, b) != pivot]
+        if want >> bit & 1:
+            want ^= pivot[0]
+            x ^= pivot[1]
+    assert want == 0 and crc32c.crc32c(x.to_bytes(4, "little")) == target
+    return x.to_bytes(4, "little")
+
+
+def test_byte_identical_when_the_masked_crc_is_zero(tmp_path):
+    # TF writes no crc32c field when the masked CRC is 0 (proto3 drops zero values).
+    unmasked = ((0 - 0xA282EAD8) & 0xFFFFFFFF)  # masked = rotr(crc, 15) + delta == 0
+    crc = ((unmasked << 15) | (unmasked >> 17)) & 0xFFFFFFFF
+    value = np.frombuffer(_four_bytes_with_crc(crc), np.int32).copy()
+    tf_prefix = str(tmp_path / "tf" / "ckpt")
+    tf.raw_ops.SaveV2(prefix=tf_prefix, tensor_names=["zero_crc"], shape_and_slices=[""],
+                      tensors=[tf.constant(value)])
+    ours = tfshard.save(str(tmp_path / "ours" / "ckpt"), {"zero_crc": value}, alignment=1)
+    assert_byte_identical(tf_prefix, ours)
+    with tfshard.open(ours) as ckpt:
+        assert ckpt["zero_crc"].tolist() == value.tolist()  # absent field: checked as 0
+        assert ckpt.verify_all() == []
 
 
 PARTITIONED = [

@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING
 
 from .errors import (
+    CheckpointChangedError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -15,11 +16,14 @@ from .errors import (
     IncompatibleVersionError,
     InvalidTensorError,
     NodeNotFoundError,
+    NothingSelectedError,
     OutputExistsError,
+    ReadFailedError,
     RestoreError,
     TensorNotFoundError,
     TFShardError,
     UnsupportedError,
+    WriteFailedError,
     WriterClosedError,
 )
 from .paths import latest_checkpoint
@@ -50,10 +54,17 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "NothingSelectedError",
+    "WriteFailedError",
+    "ReadFailedError",
+    "CheckpointChangedError",
     "RestoreError",
     "CorruptGraphError",
     "NodeNotFoundError",
     "graph",
+    "load_checkpoint",
+    "CheckpointReader",
+    "safe_open",
     "convert",
     "extract",
     "merge",
@@ -61,6 +72,8 @@ __all__ = [
     "strip",
     "diff",
     "verify",
+    "average",
+    "reshard",
 ]
 
 # Writing and conversion load on first use: they import numpy and the format
@@ -68,12 +81,27 @@ __all__ = [
 _LAZY = {
     "save": "writer", "CheckpointWriter": "writer", "DEFAULT_ALIGNMENT": "writer",
     "CheckpointManager": "manager", "merge_parts": "parts",
+    "load_checkpoint": "checkpoint_reader", "CheckpointReader": "checkpoint_reader",
+    "safe_open": "frameworks",
     **{name: "conversion" for name in
-       ("convert", "extract", "merge", "rename", "strip", "diff", "verify")},
+       ("convert", "extract", "merge", "rename", "strip", "diff", "verify", "average",
+        "reshard")},
 }
 
 if TYPE_CHECKING:
-    from .conversion import convert, diff, extract, merge, rename, strip, verify  # noqa: F401
+    from .checkpoint_reader import CheckpointReader, load_checkpoint  # noqa: F401
+    from .frameworks import safe_open  # noqa: F401
+    from .conversion import (  # noqa: F401
+        average,
+        convert,
+        diff,
+        extract,
+        merge,
+        rename,
+        reshard,
+        strip,
+        verify,
+    )
     from .manager import CheckpointManager  # noqa: F401
     from .parts import merge_parts  # noqa: F401
     from .writer import DEFAULT_ALIGNMENT, CheckpointWriter, save  # noqa: F401

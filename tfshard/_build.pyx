@@ -2,7 +2,7 @@
 """Encoding for the writer: entries, the index SSTable, string/variant tensors, and
 the data-file sink that checksums and writes tensor bytes (Cython over csrc/)."""
 
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, EIO, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -321,7 +321,8 @@ cdef enum:
 
 
 cdef int _write_all(int fd, const uint8_t *p, size_t n) noexcept nogil:
-    """write() until done; 0, or the errno of the failure."""
+    """write() until done, continuing after short writes; 0, or the errno of the
+    failure (EIO for a write that makes no progress, which would otherwise loop)."""
     cdef ssize_t w
     while n:
         w = c_write(fd, p, n if n < (1 << 30) else (1 << 30))
@@ -329,6 +330,8 @@ cdef int _write_all(int fd, const uint8_t *p, size_t n) noexcept nogil:
             if errno == EINTR:
                 continue
             return errno
+        if w == 0:
+            return EIO
         p += w
         n -= <size_t>w
     return 0
@@ -348,6 +351,7 @@ cdef class DataFile:
     cdef size_t staged
     cdef readonly int64_t position   # bytes appended so far, staged included
     cdef readonly object path
+    cdef readonly object failed      # name of the tensor whose write failed, if one did
 
     def __cinit__(self):
         self.stage = NULL
@@ -381,7 +385,8 @@ cdef class DataFile:
         return 0
 
     def flush(self):
-        """Write out whatever is staged."""
+        """Write out whatever is staged.  Every write is checked: a failure (even
+        after part of the bytes went out) raises OSError with the errno."""
         self._flush()
 
     def append_all(self, list tensors, int64_t shard_id, dict entries, crc_pool=None):
@@ -401,14 +406,18 @@ cdef class DataFile:
         for t in tensors:
             given = t[6]
             offset = self.position
-            if given is None and crc_pool is not None and t[5] >= PARALLEL_CRC_MIN:
-                pending = crc_pool.submit(_crc32c.crc32c, t[4])
-                try:
-                    size = self._append(t[4], False, &crc)
-                finally:
-                    given = tfs_crc_mask(pending.result())
-            else:
-                size = self._append(t[4], given is None, &crc)
+            try:
+                if given is None and crc_pool is not None and t[5] >= PARALLEL_CRC_MIN:
+                    pending = crc_pool.submit(_crc32c.crc32c, t[4])
+                    try:
+                        size = self._append(t[4], False, &crc)
+                    finally:
+                        given = tfs_crc_mask(pending.result())
+                else:
+                    size = self._append(t[4], given is None, &crc)
+            except OSError:
+                self.failed = t[1]
+                raise
             entries[t[0]] = _entry(t[2].code, t[3], shard_id, offset, size,
                                    crc if given is None else given)
 
@@ -450,6 +459,8 @@ cdef class DataFile:
             elif not checksum:
                 with nogil:
                     err = _write_all(self.fd, p, n)
+                if err:
+                    self._raise(err)
             else:
                 with nogil:
                     done = 0

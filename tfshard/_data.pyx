@@ -143,6 +143,33 @@ def _compare_crc(masked_crc, uint32_t computed, path, key, offset, size):
             f"stored CRC-32C {stored}, computed {computed}", path=path, key=key, offset=offset)
 
 
-def check_crc(data, masked_crc, path=None, key=None, Py_ssize_t offset=0):
-    """Verify the CRC-32C of a fixed-size tensor's bytes against its entry."""
-    _compare_crc(masked_crc, _crc32c.crc32c(data), path, key, offset, len(data))
+def crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b):
+    """CRC-32C of A followed by B from the CRC-32Cs of A and B and B's length."""
+    return tfs_crc32c_combine(crc_a, crc_b, len_b)
+
+
+# Buffers of at least twice this many bytes are checksummed in pieces of at least this
+# size when check_crc is given a pool.
+PARALLEL_PIECE = 4 << 20
+
+
+def check_crc(data, masked_crc, path=None, key=None, Py_ssize_t offset=0, pool=None,
+              int pieces=1):
+    """Verify the CRC-32C of a fixed-size tensor's bytes against its entry.
+
+    With ``pool`` (an executor) and ``pieces`` > 1, a large buffer is cut into up to
+    ``pieces`` parts checksummed in the pool's threads (crc32c releases the GIL) and
+    the parts' CRCs are combined."""
+    view = memoryview(data).cast("B")
+    cdef Py_ssize_t n = len(view), step, start
+    count = min(pieces, n // PARALLEL_PIECE) if pool is not None else 1
+    if count < 2:
+        _compare_crc(masked_crc, _crc32c.crc32c(view), path, key, offset, n)
+        return
+    step = -(-n // count)
+    futures = [pool.submit(_crc32c.crc32c, view[start:start + step])
+               for start in range(step, n, step)]
+    cdef uint32_t crc = _crc32c.crc32c(view[:step])  # the first piece on this thread
+    for start, future in zip(range(step, n, step), futures):
+        crc = tfs_crc32c_combine(crc, future.result(), min(step, n - start))
+    _compare_crc(masked_crc, crc, path, key, offset, n)

@@ -52,6 +52,7 @@ cdef extern from "tfs_format.h" nogil:
     uint32_t tfs_load_le32(const uint8_t *p)
     uint32_t tfs_load_be32(const uint8_t *p)
     uint32_t tfs_crc32c_extend(uint32_t crc, const uint8_t *p, size_t n)
+    uint32_t tfs_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
     uint32_t tfs_crc_mask(uint32_t crc)
     uint32_t tfs_crc_unmask(uint32_t masked)
     int tfs_get_varint32(const uint8_t **p, const uint8_t *end, uint32_t *out)
@@ -63,8 +64,8 @@ cdef extern from "tfs_format.h" nogil:
                             uint32_t *delta_len, const uint8_t **value, uint32_t *value_len)
     int tfs_parse_header(const uint8_t *p, size_t n, tfs_header *h)
     int tfs_parse_entry(const uint8_t *p, size_t n, tfs_entry *e, int64_t *dims)
-    int tfs_parse_entry_slice(const uint8_t *p, size_t n, uint32_t index, int32_t *rank,
-                              int64_t *starts, int64_t *lengths)
+    int tfs_next_entry_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                             int64_t *starts, int64_t *lengths)
     size_t tfs_slice_key_bound(size_t name_len, int32_t rank)
     int tfs_slice_key_encode(const uint8_t *name, size_t name_len, int32_t rank,
                              const int64_t *starts, const int64_t *lengths,

@@ -543,17 +543,21 @@ cdef class IndexTable:
         cdef int64_t lengths[TFS_MAX_RANK]
         cdef int32_t rank
         cdef uint32_t k
+        cdef const uint8_t *pos
         c.key = NULL
         c.key_cap = 0
         try:
             self._at(handle, &c)
             self._parse(&c, &e, dims)
             out = []
+            pos = c.value
+            # One pass over the entry (each slice scanned once, not from the start).
             for k in range(e.num_slices):
-                st = tfs_parse_entry_slice(c.value, c.value_len, k, &rank, starts, lengths)
-                if st < 0:
+                st = tfs_next_entry_slice(&pos, c.value + c.value_len, &rank, starts, lengths)
+                if st != TFS_OK:
                     name = _name(c.key, c.key_len)
-                    check(st, f"{self.path}: slice {k} of tensor {name!r}", self.path, name, None)
+                    check(TFS_ERR_RANGE if st == TFS_END else st,
+                          f"{self.path}: slice {k} of tensor {name!r}", self.path, name, None)
                 out.append(tuple([(starts[d], lengths[d]) for d in range(rank)]))
             return out
         finally:

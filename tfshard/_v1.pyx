@@ -49,8 +49,8 @@ cdef extern from "tfs_v1.h" nogil:
     int tfs_v1_parse_meta(const uint8_t *p, size_t n, tfs_v1_meta *m)
     int tfs_v1_meta_next(const uint8_t **pos, const uint8_t *end, tfs_v1_tensor *t,
                          int64_t *dims)
-    int tfs_v1_tensor_slice(const uint8_t *msg, size_t n, uint32_t index, int32_t *rank,
-                            int64_t *starts, int64_t *lengths)
+    int tfs_v1_next_tensor_slice(const uint8_t **p, const uint8_t *end, int32_t *rank,
+                                 int64_t *starts, int64_t *lengths)
     int tfs_v1_parse_data(const uint8_t *p, size_t n, tfs_v1_slice *s, int64_t *starts,
                           int64_t *lengths)
     size_t tfs_v1_itemsize(int64_t dtype)
@@ -105,6 +105,7 @@ def parse_meta(value, path=None):
     cdef int64_t starts[TFS_MAX_RANK]
     cdef int64_t lengths[TFS_MAX_RANK]
     cdef int32_t rank
+    cdef const uint8_t *cursor
     cdef uint32_t k
     cdef int st = tfs_v1_parse_meta(p, buf.shape[0], &m)
     if st == TFS_ERR_RANGE:
@@ -132,10 +133,12 @@ def parse_meta(value, path=None):
         name = _name(t.name, t.name_len) if t.name != NULL else ""
         shape = tuple([dims[d] for d in range(t.rank)]) if t.has_shape else ()
         slices = []
+        cursor = t.msg
         for k in range(t.num_slices):
-            st = tfs_v1_tensor_slice(t.msg, t.msg_len, k, &rank, starts, lengths)
-            if st < 0:
-                check(st, f"{path}: slice {k} of tensor {name!r} in the metadata", path, name,
+            st = tfs_v1_next_tensor_slice(&cursor, t.msg + t.msg_len, &rank, starts, lengths)
+            if st != TFS_OK:
+                check(TFS_ERR_RANGE if st == TFS_END else st,
+                      f"{path}: slice {k} of tensor {name!r} in the metadata", path, name,
                       None)
             slices.append(_extents(rank, starts, lengths))
         tensors.append((name, t.dtype, shape, slices))

@@ -1,4 +1,5 @@
-"""Model conversion and checkpoint surgery: convert, extract, merge, rename, strip, diff, verify.
+"""Model conversion and checkpoint surgery: convert, extract, merge, rename, strip, diff,
+verify, and (from :mod:`tfshard.surgery`) average and reshard.
 
 Every operation streams: tensors are read one at a time (zero-copy views of the
 input's memory map where the format allows) and handed to the output before the
@@ -17,12 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import dtypes
-from .errors import CorruptCheckpointError, InvalidTensorError
+from .errors import CorruptCheckpointError, InvalidTensorError, NothingSelectedError, UnsupportedError
 from .objectgraph import OBJECT_GRAPH_KEY, model_keys, serialized_graph, without_keys
-from .formats import create_sink, detect_format, open_source
+from .formats import CHECKSUM_KEY, create_sink, detect_format, open_source, unsupported
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
-           "ConvertReport", "DiffReport", "VerifyReport", "parse_rules"]
+           "average", "reshard", "find_ema",
+           "ConvertReport", "DiffReport", "VerifyReport", "AverageReport", "ReshardReport",
+           "PRESETS", "parse_rules"]
 
 # Floating dtypes a --dtype cast applies to; every other tensor is copied as it is.
 _FLOATING = {"float16", "bfloat16", "float32", "float64"}
@@ -34,6 +37,9 @@ _TF1_SLOTS = {"Adam", "Adam_1", "Momentum", "RMSProp", "RMSProp_1", "Adagrad", "
 _TF1_OPTIMIZER_SCALARS = {"beta1_power", "beta2_power"}
 _STEP_NAMES = {"global_step", "step"}
 
+# ``framework`` of a safetensors output -> the "format" its metadata records (the
+# values the safetensors library and transformers use).
+_FRAMEWORK_FORMATS = {"torch": "pt", "tf": "tf", "jax": "flax", "numpy": "np"}
 
 
 @dataclass
@@ -45,6 +51,9 @@ class ConvertReport:
     tensors : int
     nbytes : int
         Bytes of tensor data read from the inputs.
+    written_bytes : int
+        Bytes of tensor data written (less than ``nbytes`` after a cast to a
+        narrower dtype).
     outputs : list of str
         Files written.
     mapping : dict
@@ -53,14 +62,32 @@ class ConvertReport:
         Input tensors not written (filtered out, stripped, or lost to a conflict).
     dropped_bytes : int
         Bytes of the dropped tensors (computed by :func:`strip`).
+    skipped : list of (str, str)
+        With ``skip_unsupported``: ``(name, reason)`` of each tensor the output
+        format cannot hold, left out.
+    replaced : dict
+        With ``prefer_ema``: ``{name: key of the moving average written as it}``.
+    ema_not_found : list of str
+        With ``prefer_ema``: floating model tensors written that have no moving
+        average (optimizer state is not listed).
+    not_cast : list of str
+        With ``dtype``: floating tensors a ``keep`` pattern kept in their dtype.
+    transposed : list of str
+        Tensors written with their axes reversed (``transpose``, presets).
     """
 
     tensors: int = 0
     nbytes: int = 0
+    written_bytes: int = 0
     outputs: list = field(default_factory=list)
     mapping: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)
     dropped_bytes: int = 0
+    skipped: list = field(default_factory=list)
+    replaced: dict = field(default_factory=dict)
+    ema_not_found: list = field(default_factory=list)
+    not_cast: list = field(default_factory=list)
+    transposed: list = field(default_factory=list)
 
 
 # ---- rules -------------------------------------------------------------------
@@ -104,17 +131,66 @@ def _rename_all(names: list, rules: list) -> dict:
     return mapping
 
 
+def rename_map(names: list, rename) -> dict:
+    """``{name: new name}`` for the ``rename`` option of the framework loaders: None
+    (names kept), ``"REGEX=REPL"`` rules as for :func:`rename`, or a callable
+    ``name -> str | None`` (None leaves the name out).  Two names made one are refused."""
+    if rename is None:
+        return {n: n for n in names}
+    if callable(rename):
+        mapping = {}
+        for name in names:
+            key = rename(name)
+            if key is None:
+                continue
+            if not isinstance(key, str) or not key:
+                raise InvalidTensorError(f"rename({name!r}) returned {key!r}; expected a "
+                                         f"non-empty str or None", key=name)
+            mapping[name] = key
+        _refuse_collisions(mapping)
+        return mapping
+    if isinstance(rename, str):
+        rename = [rename]
+    return _rename_all(names, parse_rules(rename))
+
+
 def _refuse_collisions(mapping: dict):
     targets: dict = {}
     for old, new in mapping.items():
         targets.setdefault(new, []).append(old)
     clashes = {new: olds for new, olds in targets.items() if len(olds) > 1}
     if clashes:
-        listed = "; ".join(f"{new!r} <- {', '.join(map(repr, olds))}"
-                           for new, olds in sorted(clashes.items())[:20])
-        more = f" (and {len(clashes) - 20} more)" if len(clashes) > 20 else ""
         raise InvalidTensorError(f"{len(clashes)} output name(s) would be produced by several "
-                                 f"tensors: {listed}{more}")
+                                 f"tensors: {_first_few(sorted(clashes.items()), _clash)}")
+
+
+def _clash(item) -> str:
+    new, olds = item
+    return f"{new!r} <- {_first_few(olds, repr, 3)}"
+
+
+def _first_few(items: list, show, n: int = 5) -> str:
+    """The first ``n`` items, then how many more: messages stay readable whatever the
+    model's size."""
+    shown = ", ".join(show(item) for item in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _compile_patterns(patterns, what: str) -> list:
+    """Compiled regexes from strings (searched in names, as ``re.search`` does)."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for pattern in patterns or ():
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as exc:
+            raise InvalidTensorError(f"{what} pattern {pattern!r}: {exc}") from None
+    return compiled
+
+
+def _matching(names, regexes) -> set:
+    return {n for n in names if any(r.search(n) for r in regexes)}
 
 
 def _selected(name: str, include, exclude) -> bool:
@@ -152,8 +228,14 @@ class _Progress:
 # ---- the one copy loop ---------------------------------------------------------
 
 def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, progress,
-          report: ConvertReport) -> ConvertReport:
-    """Write ``jobs`` — ``(source, name, out_name)`` in output order — to ``dst``."""
+          report: ConvertReport, skip_unsupported: bool = False, no_cast=frozenset(),
+          transpose=frozenset(), metadata=None) -> ConvertReport:
+    """Write ``jobs`` — ``(source, name, out_name)`` in output order — to ``dst``.
+
+    Floating tensors are cast to ``dtype`` unless their name is in ``no_cast``;
+    those named in ``transpose`` get their axes reversed; ``metadata`` goes to a
+    safetensors output; with ``skip_unsupported``, tensors the output format cannot
+    hold are left out (listed in ``report.skipped``)."""
     cast = None
     if dtype is not None:
         try:
@@ -164,40 +246,87 @@ def _copy(jobs: list, dst, *, dst_format, dtype, max_shard_size, overwrite, prog
         if cast.name not in _FLOATING:
             raise InvalidTensorError(f"--dtype casts floating tensors only, to one of "
                                      f"{sorted(_FLOATING)}; got {dtype!r}")
-    plan, stored_dtypes, sizes = [], [], []
-    for source, name, out_name in jobs:
+    fmt = dst_format or detect_format(dst, for_output=True)
+    plan, kept, stored_dtypes, sizes = [], [], [], []
+    for job in jobs:
+        source, name, out_name = job
         stored, shape = source.info(name)
-        plan.append((out_name, cast.name if cast and stored in _FLOATING else stored, shape))
+        out_dtype = stored
+        if cast and stored in _FLOATING:
+            if name in no_cast:
+                report.not_cast.append(name)
+            else:
+                out_dtype = cast.name
+        if skip_unsupported:
+            problem = unsupported(fmt, out_name, out_dtype)
+            if problem:
+                report.skipped.append((name, problem))
+                continue
+        if name in transpose:
+            shape = tuple(reversed(shape))
+            report.transposed.append(name)
+        plan.append((out_name, out_dtype, shape))
+        kept.append(job)
         stored_dtypes.append(stored)
         sizes.append(source.nbytes(name))
-    bar = _Progress(sum(sizes), "writing", progress)
-    try:
-        with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
-                         overwrite=overwrite) as sink:
+    if not plan and report.skipped:
+        raise NothingSelectedError(f"nothing to write: the {fmt} format can hold none of the "
+                                   f"selected tensors; no output was created", path=dst)
+    total = sum(sizes)
+    with create_sink(dst, dst_format, plan=plan, max_shard_size=max_shard_size,
+                     overwrite=overwrite, metadata=metadata) as sink:
+        # A format written at commit (torch) shows reading and then its writing.
+        bar = _Progress(2 * total if sink.writes_at_commit else total, "writing", progress)
+        try:
             for (source, name, out_name), (_, out_dtype, _), stored, nbytes in zip(
-                    jobs, plan, stored_dtypes, sizes):
+                    kept, plan, stored_dtypes, sizes):
                 array = source.read(name)
-                if out_dtype != stored:
+                if name in transpose:
+                    import numpy as np
+
+                    # One copy, in C order, cast on the way when there is a cast.
+                    array = np.ascontiguousarray(
+                        np.transpose(array), dtype=cast.numpy if out_dtype != stored else None)
+                elif out_dtype != stored:
                     array = array.astype(cast.numpy)
                 sink.add(out_name, array, out_dtype)
                 report.tensors += 1
                 report.nbytes += nbytes
+                report.written_bytes += array.nbytes if out_dtype != stored else nbytes
                 report.mapping[name] = out_name
                 del array
                 source.release(name)  # its pages may go now: memory stays near one tensor
                 bar.update(nbytes)
-            report.outputs = sink.commit()
-    finally:
-        bar.close()
+            report.outputs = sink.commit(on_write=bar.update)
+        finally:
+            bar.close()
     return report
+
+
+def _select(names, include, exclude, where: str) -> list:
+    """The names ``include``/``exclude`` keep; refuses a selection of nothing, and an
+    ``include`` pattern that matches no name (most likely a typo)."""
+    include, exclude = list(include or ()), list(exclude or ())
+    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise NothingSelectedError(f"no tensor of {where} matches {_first_few(unmatched, repr)} "
+                                   f"('tfshard ls' lists them); nothing was written", path=where)
+    kept = [n for n in names if _selected(n, include, exclude)]
+    if not kept and names:
+        raise NothingSelectedError(f"nothing to write: the patterns leave out every tensor of "
+                                   f"{where}; nothing was written", path=where)
+    return kept
 
 
 # ---- operations ----------------------------------------------------------------
 
 def convert(src, dst, *, src_format: str | None = None, dst_format: str | None = None,
-            dtype: str | None = None, include: Iterable[str] = (), exclude: Iterable[str] = (),
-            rename: Iterable = (), max_shard_size: int | None = None, overwrite: bool = False,
-            progress: bool | None = False) -> ConvertReport:
+            dtype: str | None = None, keep: Iterable[str] = (), include: Iterable[str] = (),
+            exclude: Iterable[str] = (), rename: Iterable = (), rename_preset: str | None = None,
+            transpose: Iterable[str] = (), prefer_ema: bool = False,
+            framework: str | None = None, max_shard_size: int | None = None,
+            overwrite: bool = False, progress: bool | None = False,
+            skip_unsupported: bool = False) -> ConvertReport:
     """Convert a model between formats: TF checkpoint, safetensors, ``.npz``, PyTorch.
 
     Parameters
@@ -210,20 +339,48 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
     dtype : str, optional
         Cast floating tensors (float16/bfloat16/float32/float64) to this TF dtype;
         other tensors are copied unchanged.
+    keep : iterable of str
+        With ``dtype``: regular expressions (``re.search`` in the input names);
+        floating tensors matching one keep their dtype (layer norms, biases...).
     include, exclude : iterable of str
         Glob patterns on tensor names (``fnmatch``, ``*`` matches ``/`` too); with
         ``include`` only matching tensors are kept; ``exclude`` then drops some.
-        Outside TF checkpoints, a TF2 checkpoint's ``_CHECKPOINTABLE_OBJECT_GRAPH``
-        (TF's restore metadata) is always dropped.
+        An ``include`` pattern that matches nothing, or patterns that leave
+        nothing, are refused before anything is written.  Outside TF checkpoints,
+        a TF2 checkpoint's ``_CHECKPOINTABLE_OBJECT_GRAPH`` (TF's restore
+        metadata) is always dropped.
     rename : iterable of str or (regex, replacement)
         ``"REGEX=REPLACEMENT"`` rules applied in order with ``re.sub``; names are
         kept as they are unless a rule matches.
+    rename_preset : str, optional
+        A name map from :data:`PRESETS` (e.g. ``"bert"``: Google's original BERT
+        layout to transformers' ``BertModel`` names): its rules run before
+        ``rename``, its transposes join ``transpose``, and the tensors it leaves
+        out (optimizer slots, ``global_step``) are dropped.
+    transpose : iterable of str
+        Regular expressions searched in the input names: matching tensors are
+        written with their axes reversed (``numpy.transpose``), e.g. TF's
+        ``[in, out]`` kernels as torch's ``[out, in]`` weights.
+    prefer_ema : bool
+        Where the input keeps an exponential moving average of a variable (see
+        :func:`find_ema`), write the average under the variable's name; the
+        averages themselves are not written.  The report lists what was
+        replaced and the floating model tensors that had no average.
+    framework : str, optional
+        For a safetensors output: the framework it is meant for, recorded as
+        the ``format`` metadata entry (``"torch"`` -> ``{"format": "pt"}``, which
+        transformers expects; also ``"tf"``, ``"jax"``, ``"numpy"``).  Without it
+        the output records no format unless the input (safetensors) did.
     max_shard_size : int, optional
         Bytes per output file (TF data shards, safetensors shards).
     overwrite : bool
         Replace an existing output (otherwise :class:`~tfshard.OutputExistsError`).
     progress : bool or None
         Show a progress bar on stderr; None: only when stderr is a terminal.
+    skip_unsupported : bool
+        Leave out the tensors the output format cannot hold (strings or
+        complex128 in safetensors...) and list them in the report's
+        ``skipped``, instead of refusing the conversion.
 
     Returns
     -------
@@ -231,33 +388,108 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
 
     Raises
     ------
+    NothingSelectedError
+        ``include``/``exclude`` select no tensor (nothing is written).
     InvalidTensorError
-        Bad rules, or rules that map two tensors to one name.
+        Bad rules or patterns, rules that map two tensors to one name, ``keep``
+        without ``dtype``.
     UnsupportedError
-        A tensor the output format cannot hold (before anything is written).
+        A tensor the output format cannot hold (before anything is written),
+        unless ``skip_unsupported``; or ``framework`` for an output that is not
+        safetensors.
+
+    Notes
+    -----
+    A safetensors input's ``__metadata__`` is kept in a safetensors output
+    (``framework`` replaces its ``format``); every safetensors output records
+    each tensor's CRC-32C (see :data:`tfshard.formats.CHECKSUM_KEY`).
     """
     rules = parse_rules(rename)
+    transposes = list(transpose) if not isinstance(transpose, str) else [transpose]
+    drop = []
+    if rename_preset is not None:
+        from .surgery.presets import get_preset
+
+        preset = get_preset(rename_preset)
+        rules = parse_rules(preset.rename) + rules
+        transposes = list(preset.transpose) + transposes
+        drop = _compile_patterns(preset.drop, "preset")
+    keep_re = _compile_patterns(keep, "keep")
+    if keep_re and dtype is None:
+        raise InvalidTensorError("keep patterns say which tensors a dtype cast leaves alone; "
+                                 "give a dtype too")
+    transpose_re = _compile_patterns(transposes, "transpose")
     report = ConvertReport()
-    to_tf = (dst_format or detect_format(dst, for_output=True)) == "tf"
+    out_format = dst_format or detect_format(dst, for_output=True)
+    to_tf = out_format == "tf"
     with open_source(src, src_format) as source:
-        names = []
-        for name in source.names():
-            keep = _selected(name, include, exclude) and (to_tf or name != OBJECT_GRAPH_KEY)
-            (names if keep else report.dropped).append(name)
+        every = source.names()
+        if prefer_ema:
+            from .surgery.ema import source_averages
+
+            ema_of = source_averages(source)
+        else:
+            ema_of = {}
+        averages = set(ema_of.values())
+        selected = _select(every, include, exclude, source.path)
+        names = [n for n in selected if (to_tf or n != OBJECT_GRAPH_KEY)
+                 and n not in averages and not any(r.search(n) for r in drop)]
+        if selected and not names:
+            raise NothingSelectedError(
+                f"nothing to write: what was selected is TF's restore metadata "
+                f"({OBJECT_GRAPH_KEY}, kept by TF outputs only), moving averages or keys the "
+                f"preset leaves out", path=source.path)
+        kept = set(names)
+        report.dropped = [n for n in every if n not in kept]
         mapping = _rename_all(names, rules)
-        jobs = [(source, name, mapping[name]) for name in names]
+        metadata = _output_metadata([source], out_format, framework, dst)
+        reader = source
+        if ema_of:
+            from .surgery.ema import with_averages
+
+            reader = with_averages(source, names, ema_of, to_tf, report)
+        jobs = [(reader, name, mapping[name]) for name in names]
         return _copy(jobs, dst, dst_format=dst_format, dtype=dtype,
                      max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
-                     report=report)
+                     report=report, skip_unsupported=skip_unsupported,
+                     no_cast=_matching(names, keep_re), transpose=_matching(names, transpose_re),
+                     metadata=metadata)
+
+
+def _output_metadata(sources, out_format: str, framework, dst):
+    """The ``__metadata__`` of a safetensors output: what the sources' metadata agree
+    on (less their checksums, which the output records afresh), and ``framework``'s
+    ``format``.  None for other outputs."""
+    if framework is not None and framework not in _FRAMEWORK_FORMATS:
+        raise InvalidTensorError(f"unknown framework {framework!r}; expected one of "
+                                 f"{', '.join(_FRAMEWORK_FORMATS)}")
+    if out_format != "safetensors":
+        if framework is not None:
+            raise UnsupportedError(f"framework={framework!r} records the framework in a "
+                                   f"safetensors file's metadata; {dst} is a {out_format} "
+                                   f"output", path=str(dst))
+        return None
+    agreed = None
+    for source in sources:
+        meta = {k: v for k, v in getattr(source, "metadata", {}).items() if k != CHECKSUM_KEY}
+        agreed = meta if agreed is None else {k: v for k, v in agreed.items()
+                                              if meta.get(k) == v}
+    agreed = agreed or {}
+    if framework is not None:
+        agreed["format"] = _FRAMEWORK_FORMATS[framework]
+    return agreed
 
 
 def extract(src, out, patterns: Iterable[str] = (), *, fmt: str | None = None,
-            overwrite: bool = False, progress: bool | None = False) -> ConvertReport:
+            prefer_ema: bool = False, overwrite: bool = False,
+            progress: bool | None = False, skip_unsupported: bool = False) -> ConvertReport:
     """Write the tensors of ``src`` matching ``patterns`` (all when empty) to ``out``:
     an ``.npz``, a ``.safetensors`` file, or (``fmt="npy"``) a directory of ``.npy``
-    files whose names are made safe (nothing is written outside ``out``)."""
-    return convert(src, out, dst_format=fmt, include=list(patterns), overwrite=overwrite,
-                   progress=progress)
+    files whose names are made safe (nothing is written outside ``out``).  A pattern
+    that matches nothing is refused, as in :func:`convert`.  With ``prefer_ema``,
+    variables are written with their moving averages' values (see :func:`convert`)."""
+    return convert(src, out, dst_format=fmt, include=list(patterns), prefer_ema=prefer_ema,
+                   overwrite=overwrite, progress=progress, skip_unsupported=skip_unsupported)
 
 
 def _split_scope(spec) -> tuple:
@@ -317,16 +549,18 @@ def merge(out, sources: Iterable, *, on_conflict: str = "error", dst_format: str
                     report.dropped.append(f"{chosen[out_name][0].path}:{chosen[out_name][1]}")
                 chosen[out_name] = (source, name)
         if conflicts and on_conflict == "error":
-            listed = "; ".join(f"{n!r} in {', '.join(p)}" for n, p in sorted(conflicts.items())[:20])
-            more = f" (and {len(conflicts) - 20} more)" if len(conflicts) > 20 else ""
+            listed = _first_few(sorted(conflicts.items()),
+                                lambda item: f"{item[0]!r} in {', '.join(item[1])}")
             raise InvalidTensorError(
-                f"{len(conflicts)} tensor name(s) come from several sources: {listed}{more}; "
+                f"{len(conflicts)} tensor name(s) come from several sources: {listed}; "
                 f"give the sources different scopes (PATH:SCOPE/) or choose --on-conflict "
                 f"first|last")
         jobs = [(source, name, out_name) for out_name, (source, name) in sorted(chosen.items())]
+        out_format = dst_format or detect_format(out, for_output=True)
         return _copy(jobs, out, dst_format=dst_format, dtype=None,
                      max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
-                     report=report)
+                     report=report,
+                     metadata=_output_metadata(opened, out_format, None, out))
     finally:
         for source in opened:
             source.close()
@@ -382,16 +616,40 @@ def optimizer_state(names: Iterable[str], *, drop_step: bool = False,
 
 
 class _Replaced:
-    """A source whose tensors named in ``values`` read as those arrays instead."""
+    """A source whose tensors named in ``values`` read as those arrays instead, and
+    those named in ``aliases`` as another tensor of the source (of the same dtype
+    and shape)."""
 
-    def __init__(self, source, values: dict):
-        self._source, self._values = source, values
+    def __init__(self, source, values: dict, aliases: dict | None = None):
+        self._source, self._values, self._aliases = source, values, aliases or {}
 
     def __getattr__(self, attr):
         return getattr(self._source, attr)
 
     def read(self, name):
-        return self._values[name] if name in self._values else self._source.read(name)
+        if name in self._values:
+            return self._values[name]
+        return self._source.read(self._aliases.get(name, name))
+
+    def nbytes(self, name):
+        return self._source.nbytes(self._aliases.get(name, name))
+
+    def release(self, name):
+        self._source.release(self._aliases.get(name, name))
+
+
+def _graph_without(graph: bytes, dropping: set) -> dict:
+    """``{OBJECT_GRAPH_KEY: value}``: the object graph without the attributes of the
+    keys in ``dropping``, as a scalar string tensor; ``{}`` when the graph cannot be
+    parsed (it is then copied as it is)."""
+    import numpy as np
+
+    try:
+        value = np.empty((), dtype=object)
+        value[()] = without_keys(graph, dropping)
+    except ValueError:
+        return {}
+    return {OBJECT_GRAPH_KEY: value}
 
 
 def strip(src, out, *, drop_step: bool = False, overwrite: bool = False,
@@ -416,18 +674,12 @@ def strip(src, out, *, drop_step: bool = False, overwrite: bool = False,
             report.nbytes = sum(source.nbytes(n) for n in kept)
             report.mapping = {n: n for n in kept}
             return report
+        metadata = _output_metadata([source], detect_format(out, for_output=True), None, out)
         if graph is not None and dropping:
-            import numpy as np
-
-            try:
-                value = np.empty((), dtype=object)
-                value[()] = without_keys(graph, dropping)
-                source = _Replaced(source, {OBJECT_GRAPH_KEY: value})
-            except ValueError:
-                pass  # an object graph we cannot parse is copied as it is
+            source = _Replaced(source, _graph_without(graph, dropping))
         return _copy([(source, n, n) for n in kept], out, dst_format=None, dtype=None,
                      max_shard_size=None, overwrite=overwrite, progress=progress,
-                     report=report)
+                     report=report, metadata=metadata)
 
 
 @dataclass
@@ -460,33 +712,73 @@ class DiffReport:
         return not (self.missing or self.unexpected or self.mismatched or self.differing)
 
 
-def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+def diff(a, b, *, atol: float = 0.0, rtol: float = 0.0,
+         progress: bool | None = False) -> DiffReport:
     """Compare two models tensor by tensor (any formats).
 
     Values differ where ``|a - b| > atol + rtol * |b|`` (NaNs in the same places
-    count as equal); strings must be equal.
+    count as equal); strings must be equal.  ``progress`` shows a bar of the bytes
+    compared (None: when stderr is a terminal).
     """
-    import numpy as np
-
     report = DiffReport()
     with open_source(a) as sa, open_source(b) as sb:
         na, nb = set(sa.names()), set(sb.names())
         report.missing = sorted(na - nb)
         report.unexpected = sorted(nb - na)
-        for name in sorted(na & nb):
-            ia, ib = sa.info(name), sb.info(name)
-            if ia != ib:
-                report.mismatched[name] = (f"{ia[0]} {list(ia[1])}", f"{ib[0]} {list(ib[1])}")
-                continue
-            x, y = sa.read(name), sb.read(name)
-            report.compared += 1
-            if x.dtype == object:
-                if x.ravel().tolist() != y.ravel().tolist():
-                    report.differing[name] = (float("nan"), float("nan"))
-                continue
-            worst = _max_differences(np.asarray(x), np.asarray(y), atol, rtol)
-            if worst is not None:
-                report.differing[name] = worst
+        common = sorted(na & nb)
+        bar = _Progress(sum(sa.nbytes(n) for n in common), "comparing", progress)
+        try:
+            for name in common:
+                ia, ib = sa.info(name), sb.info(name)
+                if ia != ib:
+                    report.mismatched[name] = (f"{ia[0]} {list(ia[1])}",
+                                               f"{ib[0]} {list(ib[1])}")
+                else:
+                    report.compared += 1
+                    worst = _compare(sa.read(name), sb.read(name), atol, rtol)
+                    if worst is not None:
+                        report.differing[name] = worst
+                    sa.release(name)
+                    sb.release(name)
+                bar.update(sa.nbytes(name))
+        finally:
+            bar.close()
+    return report
+
+
+def _compare(x, y, atol, rtol):
+    """None when ``x`` and ``y`` are the same within tolerance, else (max abs, max rel)
+    difference (both NaN for strings, which have none)."""
+    import numpy as np
+
+    if x.dtype == object:
+        same = x.ravel().tolist() == y.ravel().tolist()
+        return None if same else (float("nan"), float("nan"))
+    return _max_differences(np.asarray(x), np.asarray(y), atol, rtol)
+
+
+def _verify_safetensors(path, progress) -> "VerifyReport":
+    report = VerifyReport()
+    with open_source(path, "safetensors") as source:
+        report.path = source.path
+        names = source.names()
+        bar = _Progress(sum(source.nbytes(n) for n in names), "verifying", progress)
+        try:
+            for name in names:
+                try:
+                    source.read(name)
+                except (CorruptCheckpointError, OSError, ValueError) as exc:
+                    report.problems.append((name, str(exc)))
+                report.checked += 1
+                report.nbytes += source.nbytes(name)
+                bar.update(source.nbytes(name))
+        finally:
+            bar.close()
+        unchecked = len(names) - len(source.checksummed)
+    if unchecked:
+        report.notes.append(f"{unchecked} of {len(names)} tensors have no recorded checksum "
+                            f"(files not written by tfshard have none): only their layout "
+                            f"was checked")
     return report
 
 
@@ -533,20 +825,28 @@ class VerifyReport:
 
     Attributes
     ----------
+    path : str
+        The checkpoint checked (its prefix, after resolving a directory's state
+        file).
     checked : int
         Tensors checked.
     nbytes : int
         Bytes checked.
     problems : list
-        ``[(name, message), ...]`` for every bad tensor.
+        ``[(name, message), ...]`` for every bad tensor; a missing data file is
+        one problem, named by the file, rather than one per tensor in it.
     notes : list of str
         Findings about the checkpoint as a whole (e.g. a data file from another save).
+    missing_files : list of str
+        Data files the index names that do not exist (each also one problem).
     """
 
+    path: str = ""
     checked: int = 0
     nbytes: int = 0
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    missing_files: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -557,32 +857,61 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
     """Check every tensor's checksum and every index entry of a TF checkpoint,
     reporting every bad tensor rather than stopping at the first.
 
-    When most tensors of one data shard fail, the shard most likely comes from a
-    different save than the index; that is reported as a note.
-    """
-    from .reader import open as open_checkpoint
+    A data file that is missing is reported once, with the number of tensors it
+    holds.  When most tensors of one data shard fail, the shard most likely comes
+    from a different save than the index; that is reported as a note.
 
+    A safetensors model (``*.safetensors``, ``*.safetensors.index.json``) is checked
+    against the CRC-32C values tfshard records in its metadata (see
+    :data:`tfshard.formats.CHECKSUM_KEY`); tensors without one are noted.
+    """
+    import os
+
+    from .paths import data_filename
+    from .reader import open as open_checkpoint
+    from .reader_v1 import V1Checkpoint
+
+    if str(path).lower().endswith((".safetensors", ".safetensors.index.json")):
+        return _verify_safetensors(path, progress)
     report = VerifyReport()
     with open_checkpoint(path, verify=True) as ckpt:
+        report.path = ckpt.prefix
         infos = ckpt.infos()
+        missing = {}  # shard id -> [names of the tensors it holds]
+        if not isinstance(ckpt, V1Checkpoint):  # V1 files were all read when it opened
+            for shard in range(ckpt.num_shards):
+                if not os.path.exists(data_filename(ckpt.prefix, shard, ckpt.num_shards)):
+                    missing[shard] = []
         bar = _Progress(sum(i.nbytes for i in infos), "verifying", progress)
         per_shard: dict = {}
         try:
             for info in infos:
+                if info.shard in missing:
+                    missing[info.shard].append(info.name)
+                    continue
                 shard = info.shard if info.shard is not None else -1
                 counts = per_shard.setdefault(shard, [0, 0])
                 counts[0] += 1
                 try:
                     ckpt.read(info.name, verify=True)
                 except (CorruptCheckpointError, OSError, ValueError) as exc:
-                    report.problems.append((info.name, str(exc)))
+                    if not (missing and isinstance(exc, FileNotFoundError)):
+                        # (a partitioned tensor with a slice in a missing file: said once below)
+                        report.problems.append((info.name, str(exc)))
                     counts[1] += 1
                 report.checked += 1
                 report.nbytes += info.nbytes
                 bar.update(info.nbytes)
         finally:
             bar.close()
-        for name, exc in ckpt._overlaps():
+        for shard, names in sorted(missing.items()):
+            file = data_filename(ckpt.prefix, shard, ckpt.num_shards)
+            held = (f"{len(names)} tensor{'s' * (len(names) != 1)} "
+                    f"({_first_few(names, repr, 3)})" if names else "no tensor")
+            report.missing_files.append(file)
+            report.problems.append(
+                (file, f"data file {file} is missing; it holds {held} that cannot be checked"))
+        for name, exc in ckpt.overlaps():
             report.problems.append((name, str(exc)))
         for shard, (total, failed) in sorted(per_shard.items()):
             if shard >= 0 and total >= 2 and failed * 2 > total:
@@ -590,3 +919,11 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
                     f"{failed} of {total} tensors in data shard {shard} fail their checks: the "
                     f"index and that data file probably come from different saves")
     return report
+
+
+# Operations of their own modules (tfshard/surgery/), which build on the helpers
+# above; imported last so that they find this module complete.
+from .surgery.average import AverageReport, average  # noqa: E402
+from .surgery.ema import find_ema  # noqa: E402
+from .surgery.presets import PRESETS  # noqa: E402
+from .surgery.reshard import ReshardReport, reshard  # noqa: E402

@@ -19,6 +19,10 @@ __all__ = [
     "InvalidTensorError",
     "WriterClosedError",
     "OutputExistsError",
+    "NothingSelectedError",
+    "WriteFailedError",
+    "ReadFailedError",
+    "CheckpointChangedError",
     "RestoreError",
     "CorruptGraphError",
     "NodeNotFoundError",
@@ -37,6 +41,10 @@ class TFShardError(Exception):
     offset : int or None
         Byte offset in ``path`` where the problem was found, when known.
     """
+
+    path: str | None
+    key: str | None
+    offset: int | None
 
     def __init__(self, message: str, *, path=None, key=None, offset=None):
         super().__init__(message)
@@ -96,6 +104,52 @@ class WriterClosedError(TFShardError, ValueError):
 class OutputExistsError(TFShardError, FileExistsError):
     """The output of a save or conversion already exists and ``overwrite`` was not
     given; nothing was written."""
+
+
+class NothingSelectedError(TensorNotFoundError):
+    """A selection of tensors (``include`` patterns, filters) chose none, or a pattern
+    matched no tensor; nothing was written."""
+
+
+class _OSFailure(TFShardError, OSError):
+    """A failed system call: also an ``OSError`` whose ``errno``, ``strerror`` and
+    ``filename`` are those of the failure (``filename`` the user's path)."""
+
+    def __init__(self, message: str, *, errno=None, strerror=None, path=None, key=None,
+                 offset=None):
+        super().__init__(message, path=path, key=key, offset=offset)
+        self.errno = errno
+        self.strerror = strerror
+        self.filename = self.path
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.errno, self.strerror, self.path,
+                           self.key, self.offset))
+
+
+def _rebuild(cls, message, errno, strerror, path, key, offset):
+    return cls(message, errno=errno, strerror=strerror, path=path, key=key, offset=offset)
+
+
+class WriteFailedError(_OSFailure):
+    """Writing a checkpoint or model failed (disk full, file-size limit, I/O error,
+    permission...): nothing was committed, the files written so far were removed,
+    and whatever was at the output path before is still there, unchanged.
+
+    ``path`` is the output the caller asked for (not a temporary name); the
+    message also says what was being written.
+    """
+
+
+class ReadFailedError(_OSFailure):
+    """A file of a checkpoint or model exists but the system refused to read it
+    (a symlink loop, permissions, an I/O error...)."""
+
+
+class CheckpointChangedError(TFShardError, RuntimeError):
+    """The checkpoint was replaced (saved again) after it was opened: its data
+    files may now belong to another save, so nothing is read from them.  Open
+    the checkpoint again to read the new version."""
 
 
 class RestoreError(TFShardError, ValueError):

@@ -66,6 +66,7 @@ __all__ = [
     "escape_local_name",
     "model_keys",
     "without_keys",
+    "with_nodes_changed",
 ]
 
 #: The key under which TF2 checkpoints store their object graph: a scalar string
@@ -581,4 +582,92 @@ def without_keys(graph: bytes, dropped: set) -> bytes:
                 continue
             body += buf[field_start2:end2]
         out += b"\x0a" + _encode_varint(len(body)) + body
+    return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _string_field(field: int, text: str) -> bytes:
+    # proto3 leaves default values out, as TF's serializer does
+    return _length_delimited(field, text.encode("utf-8")) if text else b""
+
+
+def _int_field(field: int, value: int) -> bytes:
+    if not value:
+        return b""
+    if not 0 <= value <= _INT32_MAX:
+        raise ValueError(f"node id {value} is not a non-negative int32")
+    return _encode_varint(field << 3) + _encode_varint(value)
+
+
+def _encode_child(child) -> bytes:
+    local_name, node_id = child
+    return _int_field(1, node_id) + _string_field(2, local_name)
+
+
+def _encode_attribute(attribute) -> bytes:
+    name, full_name, checkpoint_key = attribute
+    return _string_field(1, name) + _string_field(2, full_name) + _string_field(3, checkpoint_key)
+
+
+def _encode_slot(slot) -> bytes:
+    original, slot_name, slot_node = slot
+    return _int_field(1, original) + _string_field(2, slot_name) + _int_field(3, slot_node)
+
+
+_NODE_FIELDS = (("children", 1, _encode_child), ("attributes", 2, _encode_attribute),
+                ("slot_variables", 3, _encode_slot))
+
+
+def with_nodes_changed(graph: bytes, changes: dict) -> bytes:
+    """The serialized object graph with some nodes' edges, attributes or slot
+    references replaced; everything else is kept byte for byte.
+
+    Parameters
+    ----------
+    graph : bytes
+        A serialized ``TrackableObjectGraph``.
+    changes : dict
+        ``{node id: {"children": [Child...], "attributes": [Attribute...],
+        "slot_variables": [SlotVariable...]}}``, each key optional: the node's
+        fields of that kind become the given list (plain tuples of the same
+        fields work too).  Node ids are not renumbered, so a node left without
+        edges to it stays in the graph, unreachable (TF ignores such nodes when
+        they have no attributes).
+
+    Raises
+    ------
+    CorruptCheckpointError
+        When ``graph`` cannot be decoded (a ValueError), or a change names a
+        node the graph does not have.
+    """
+    buf = bytes(graph)
+    count = len(decode(buf).nodes)  # also checks the fields read below
+    for node_id in changes:
+        if not 0 <= node_id < count:
+            raise _corrupt(f"a change names object {node_id}, but there are {count} objects")
+    out = bytearray()
+    node_id = 0
+    for field, _, start, end, field_start in _graph.fields(buf, 0, len(buf)):
+        if field != 1:
+            out += buf[field_start:end]
+            continue
+        change = changes.get(node_id)
+        node_id += 1
+        if not change:
+            out += buf[field_start:end]
+            continue
+        body = bytearray()
+        replaced = set()
+        for kind, number, encode in _NODE_FIELDS:
+            if kind in change:
+                replaced.add(number)
+                for item in change[kind]:
+                    body += _length_delimited(number, encode(item))
+        for field2, _, _, end2, field_start2 in _graph.fields(buf, start, end):
+            if field2 not in replaced:
+                body += buf[field_start2:end2]
+        out += _length_delimited(1, bytes(body))
     return bytes(out)

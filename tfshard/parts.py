@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 
-from . import _build
-from ._util import atomic_write, fsync_directory, remove_file
+from . import _build, _commit
+from ._util import create_exclusive, discard_file, remove_file, temp_name, write_failed, write_temp
 from .errors import CheckpointNotFoundError, InvalidTensorError
-from .paths import data_filename, index_filename
+from .paths import checkpoint_layout, data_filename, index_filename
 from .reader import Checkpoint
-from .writer import remove_stale_shards
 
 __all__ = ["merge_parts"]
 
@@ -50,10 +49,12 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
 
     Notes
     -----
-    The data files are renamed into place before the merged index is written,
-    and the parts' ``.index`` files are deleted afterwards.  A crash in
-    between leaves no index that points at missing data, but can leave parts
-    whose data has already moved.
+    The merged index is written first; the data files are then renamed into
+    place and the index installed by the commit protocol of
+    :class:`~tfshard.CheckpointWriter` (an old checkpoint at ``prefix`` stays
+    complete until the new one is), and the parts' ``.index`` files are deleted
+    afterwards.  A crash in between leaves no index that points at missing
+    data, but can leave parts whose data has already moved.
     """
     prefix = os.fspath(prefix)
     parts = [os.fspath(p) for p in parts]
@@ -119,18 +120,36 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
                                + [entries[k] for k in keys])
 
     directory = os.path.dirname(prefix)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    remove_file(index_filename(prefix))
-    for source, shard_id in moves.items():
-        os.replace(source, data_filename(prefix, shard_id, num_shards))
-    if not moves:
-        # No tensor has data (every part empty): the format still wants shard 0.
-        open(data_filename(prefix, 0, 1), "wb").close()
-    atomic_write(index_filename(prefix), index, fsync=fsync)
-    if fsync:
-        fsync_directory(directory or ".")
-    remove_stale_shards(prefix, num_shards)
+    renames = [(source, data_filename(prefix, shard_id, num_shards))
+               for source, shard_id in moves.items()]
+    index_fd, empty = -1, None
+    try:
+        if directory:
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise write_failed(exc, prefix, f"creating the directory {directory}") from None
+        if not moves:
+            # No tensor has data (every part empty): the format still wants shard 0.
+            empty = temp_name(f"{prefix}.data-00000")
+            try:
+                os.close(create_exclusive(empty))
+            except OSError as exc:
+                raise write_failed(exc, prefix, "creating the empty data shard") from None
+            renames = [(empty, data_filename(prefix, 0, 1))]
+        index_temp, index_fd = write_temp(index_filename(prefix), index, fsync=fsync,
+                                          target=prefix, what="the merged index")
+        try:
+            _commit.install(checkpoint_layout(prefix), index_temp, renames, fsync=fsync,
+                            target=prefix, what="the merged checkpoint")
+        except BaseException:
+            discard_file(index_temp)
+            raise
+    finally:
+        if index_fd >= 0:
+            os.close(index_fd)
+        if empty is not None:
+            discard_file(empty)  # gone if it was installed
     for part in parts:
         remove_file(index_filename(part))
     for f in unused:

@@ -16,11 +16,13 @@ import glob
 import os
 import re
 
-from . import state
+from . import _commit, state
+from ._util import TEMP_MARK, open_regular
 from .errors import CheckpointNotFoundError
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "latest_checkpoint",
-           "checkpoint_version", "v1_files", "graph_file_hint"]
+           "checkpoint_version", "v1_files", "lock_filename", "checkpoint_layout",
+           "graph_file_hint"]
 
 _DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 _INDEX_SUFFIX = ".index"
@@ -37,7 +39,9 @@ _SSTABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 def _is_sstable(path: str) -> bool:
     """Whether ``path`` is a file that ends like an SSTable (V1 checkpoint files do)."""
     try:
-        with open(path, "rb") as f:
+        # Non-blocking and checked first: a FIFO or device named like a
+        # checkpoint must not hang the lookup.
+        with open_regular(path, "file") as f:
             size = os.fstat(f.fileno()).st_size
             if size < 48:
                 return False
@@ -115,7 +119,7 @@ def _v1_prefix(path: str) -> str | None:
 
 def checkpoint_version(prefix: str) -> int | None:
     """2 if ``prefix.index`` exists, 1 if ``prefix`` is a V1 checkpoint, else None."""
-    if os.path.isfile(index_filename(prefix)):
+    if _index_exists(prefix):
         return 2
     return 1 if v1_files(prefix) else None
 
@@ -128,6 +132,36 @@ def index_filename(prefix: str) -> str:
 def data_filename(prefix: str, shard: int, num_shards: int) -> str:
     """``P.data-SSSSS-of-NNNNN`` (ids padded to at least five digits)."""
     return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def lock_filename(prefix: str) -> str:
+    """``P.lock``: the advisory lock file commits to ``P`` take."""
+    return prefix + _commit.LOCK_SUFFIX
+
+
+def checkpoint_layout(prefix: str) -> _commit.Layout:
+    """The files of the V2 checkpoint ``prefix`` for the commit protocol: the index
+    commits; data files of any shard count belong to it; the writer's temporary
+    files are ``P.index.tempstate<n>`` and ``P.data-SSSSS.tempstate<n>``."""
+    base = re.escape(os.path.basename(prefix))
+    return _commit.Layout(
+        index_filename(prefix),
+        re.compile(base + r"\.data-\d{5,}-of-\d{5,}$"),
+        re.compile(base + r"\.(?:index|data-\d{5,})" + re.escape(TEMP_MARK) + r"\d+$"),
+        lock=lock_filename(prefix))
+
+
+def _index_exists(prefix: str) -> bool:
+    """Whether ``P.index`` is a file, after repairing what a commit killed in its
+    window left (the old checkpoint renamed aside; see :mod:`tfshard._commit`).
+    Waits briefly for a live commit of the prefix, so a reader that arrives during
+    one sees the new checkpoint rather than none."""
+    index = index_filename(prefix)
+    if os.path.isfile(index):
+        return True
+    if glob.glob(glob.escape(index) + _commit.ASIDE_MARK + "*"):
+        _commit.recover(checkpoint_layout(prefix), blocking=True)
+    return os.path.isfile(index)
 
 
 def latest_checkpoint(directory) -> str | None:
@@ -159,7 +193,7 @@ def latest_checkpoint(directory) -> str | None:
     if st is None:
         return None
     prefix = st.model_checkpoint_path
-    if os.path.isfile(index_filename(prefix)) or _v1_prefix(prefix) is not None:
+    if _index_exists(prefix) or _v1_prefix(prefix) is not None:
         return prefix
     return None
 
@@ -193,7 +227,7 @@ def _prefix_in_directory(directory: str) -> str:
     st = state.read_state(directory)
     if st is not None:
         prefix = st.model_checkpoint_path
-        if os.path.isfile(index_filename(prefix)):
+        if _index_exists(prefix):
             return prefix
         v1 = _v1_prefix(prefix)
         if v1 is not None:
@@ -249,11 +283,15 @@ def resolve_prefix(path) -> str:
     match = _DATA_RE.match(path)
     if match and os.path.isfile(path) and os.path.isfile(index_filename(match["prefix"])):
         return match["prefix"]
-    if os.path.isfile(index_filename(path)):
+    if _index_exists(path):
         return path
     v1 = _v1_prefix(path)
     if v1 is not None:
         return v1
+    if os.path.lexists(index_filename(path)):
+        # Something is there but is not a regular file (a FIFO, a directory, a
+        # symlink loop...): say exactly what, without blocking on it.
+        open_regular(index_filename(path), "index file").close()
     hint = graph_file_hint(path) if os.path.isfile(path) else None
     if hint is not None:
         raise CheckpointNotFoundError(hint, path=path)

@@ -7,7 +7,6 @@ wherever the stored bytes are already in numpy's layout.
 
 from __future__ import annotations
 
-import builtins
 import difflib
 import mmap
 import os
@@ -15,25 +14,53 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import _index, dtypes
 from .errors import (
+    CheckpointChangedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     IncompatibleVersionError,
     TensorNotFoundError,
     UnsupportedError,
 )
-from ._util import close_map, drop_pages, gc_paused
+from ._util import close_map, drop_pages, gc_paused, open_regular, read_error
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import assemble, covering, prod, spec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # numpy, ml_dtypes and the _data extension are imported where tensors are
 # read, not at module level: opening and listing a checkpoint (all that
 # `tfshard ls` does) then never pays for importing them.
 
 __all__ = ["Checkpoint", "TensorInfo", "open", "load", "list_variables", "load_variable"]
+
+# Up to this many data files are opened with the index (see
+# Checkpoint._open_data_files); a checkpoint with more opens each on first use.
+_OPEN_AT_ONCE = 64
+# Tries at opening a checkpoint that saves keep replacing (see Checkpoint.__init__).
+_OPEN_ATTEMPTS = 3
+
+# A large tensor's CRC-32C is computed in pieces, one per core, by a pool of threads
+# shared by every open checkpoint (made on first use; none on a single core).
+_CORES = os.cpu_count() or 1
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _crc_pool():
+    global _pool
+    if _pool is None and _CORES > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(_CORES, thread_name_prefix="tfshard-crc")
+    return _pool
+
 
 # Version of the bundle format this reader implements (TF's kTensorBundleVersion
 # consumer and kTensorBundleMinProducer).
@@ -84,20 +111,31 @@ class _Entry:
 
 
 class _Shard:
-    __slots__ = ("path", "file", "buffer", "size")
+    # private: the copy-on-write map writable reads view, made on the first of them
+    # (None until then; False where the OS refused one, and such reads copy).
+    __slots__ = ("path", "file", "buffer", "size", "private")
 
     def __init__(self, path, file, buffer, size):
         self.path, self.file, self.buffer, self.size = path, file, buffer, size
+        self.private = None
 
 
-def _read_index(path: str) -> bytes:
-    try:
-        with builtins.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"index file {path} does not exist", path=path) from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise CheckpointNotFoundError(f"{path} is not a file", path=path) from None
+def _read_index(path: str):
+    """``(bytes, identity)`` of the index file; the identity (device, inode,
+    ctime) tells later whether the file at that path is still this one."""
+    with open_regular(path, "index file", missing=f"index file {path} does not exist") as f:
+        try:
+            st = os.fstat(f.fileno())
+            return f.read(), _identity(st)
+        except OSError as exc:
+            raise read_error(exc, path, "index file") from None
+
+
+def _identity(st) -> tuple:
+    # Every rename of the file changes its ctime, so the commit protocol (which
+    # moves an index aside before any data file of its prefix changes) can never
+    # leave this identity unchanged while the data files are another save's.
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _normalize_rows(index, dim0: int):
@@ -118,6 +156,9 @@ def _normalize_rows(index, dim0: int):
             raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {dim0}")
         return i, i + 1, (0,) + tail
     return None
+
+
+_Self = TypeVar("_Self", bound="Checkpoint")
 
 
 class Checkpoint(Mapping):
@@ -155,20 +196,37 @@ class Checkpoint(Mapping):
         return super().__new__(cls)
 
     def __init__(self, path, *, verify: bool = True):
-        self.prefix = resolve_prefix(path)
         self.verify = bool(verify)
-        self.index_path = index_filename(self.prefix)
-        self._table = _index.IndexTable(_read_index(self.index_path), self.index_path)
-        header = self._table.header()
-        self._check_header(header)
-        self.num_shards = header["num_shards"]
-        # Data bytes are little-endian unless the header says BIG (1).
-        self.big_endian = header["endianness"] == 1
-        self._swap = self.big_endian != (sys.byteorder == "big")
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
+        self._lent: set[int] = set()  # tensors whose private-map bytes a caller holds
         self._lock = threading.Lock()
         self._closed = False
+        self._opened: dict = {}
+        # A save of the prefix can replace the checkpoint between finding it and
+        # reading its index, or between the index and its data files: then look
+        # again (a reader that meets a commit waits for it while resolving).
+        for attempt in range(_OPEN_ATTEMPTS):
+            last = attempt == _OPEN_ATTEMPTS - 1
+            self.prefix = resolve_prefix(path)
+            self.index_path = index_filename(self.prefix)
+            try:
+                raw, self._index_identity = _read_index(self.index_path)
+            except CheckpointNotFoundError:
+                if last:
+                    raise
+                continue
+            self._table = _index.IndexTable(raw, self.index_path)
+            header = self._table.header()
+            self._check_header(header)
+            self.num_shards = header["num_shards"]
+            # Data bytes are little-endian unless the header says BIG (1).
+            self.big_endian = header["endianness"] == 1
+            self._swap = self.big_endian != (sys.byteorder == "big")
+            self._opened = self._open_data_files()
+            if self._opened is not None or last:
+                self._opened = self._opened or {}
+                break
 
     def _check_header(self, h):
         path = self.index_path
@@ -284,7 +342,7 @@ class Checkpoint(Mapping):
         i = self._record(name)
         e = self._entry(i, name)
         if e.num_slices:
-            slices = tuple(self._table.slices(i))
+            slices = tuple(self._stored_slices(i, name, e))
             nbytes = sum(self._slice_entry(name, e, s)[1].size for s in slices)
             return TensorInfo(name, e.dtype.name, e.shape, nbytes, None, None, slices)
         return TensorInfo(name, e.dtype.name, e.shape, e.size, e.shard_id, e.offset)
@@ -301,33 +359,127 @@ class Checkpoint(Mapping):
             shard = self._shards.get(shard_id)
             if shard is None:
                 path = data_filename(self.prefix, shard_id, self.num_shards)
+                f = self._opened.pop(shard_id, None)
+                if f is None:
+                    try:
+                        f = open_regular(path, "data shard", missing=(
+                            f"data shard {path} is missing or not a file (the index "
+                            f"{self.index_path} says the checkpoint has {self.num_shards} "
+                            f"shard(s))"))
+                    except CheckpointNotFoundError:
+                        self._check_unchanged(path)
+                        raise
+                    opened_now = True
+                else:
+                    opened_now = False
                 try:
-                    f = builtins.open(path, "rb")
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                    raise CheckpointNotFoundError(
-                        f"data shard {path} is missing or not a file ({exc.strerror}; the index "
-                        f"{self.index_path} says the checkpoint has {self.num_shards} shard(s))",
-                        path=path) from None
-                size = os.fstat(f.fileno()).st_size
-                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                    # A file opened now is this checkpoint's only if the index was not
+                    # replaced since it was read (a save replaces data files only
+                    # after moving the old index away).  The file object keeps the
+                    # opened inode, whatever later saves do.
+                    if opened_now:
+                        self._check_unchanged(path)
+                    size = os.fstat(f.fileno()).st_size
+                    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                except BaseException as exc:
+                    f.close()
+                    if isinstance(exc, OSError) and not isinstance(exc, CheckpointChangedError):
+                        raise read_error(exc, path, "data shard") from None
+                    raise
                 shard = self._shards[shard_id] = _Shard(path, f, buffer, size)
             return shard
 
-    def _tensor_buffer(self, e: _Entry, name: str):
-        """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist."""
+    def _open_data_files(self) -> dict | None:
+        """``{shard id: file}`` of the data files, opened now, right after the index
+        (unless there are too many to hold open): the checkpoint then reads the
+        data of the save whose index it read, whatever later saves of the prefix
+        do.  A file that cannot be opened now is left to the first read of it,
+        which reports the problem.  None if the index was replaced meanwhile."""
+        opened: dict = {}
+        if self.num_shards > _OPEN_AT_ONCE:
+            return opened
+        try:
+            for shard_id in range(self.num_shards):
+                try:
+                    opened[shard_id] = open_regular(
+                        data_filename(self.prefix, shard_id, self.num_shards), "data shard")
+                except OSError:  # TFShardErrors included: reported on first use
+                    pass
+            if self._is_unchanged():
+                return opened  # opened before the index could have been replaced
+        except BaseException:
+            for f in opened.values():
+                f.close()
+            raise
+        for f in opened.values():
+            f.close()
+        return None  # the checkpoint was replaced meanwhile
+
+    def _is_unchanged(self) -> bool:
+        try:
+            return _identity(os.stat(self.index_path)) == self._index_identity
+        except OSError:
+            return False
+
+    def _check_unchanged(self, data_path: str):
+        """Raise CheckpointChangedError if ``P.index`` is no longer the file this
+        checkpoint was opened from."""
+        if not self._is_unchanged():
+            try:
+                now = _identity(os.stat(self.index_path))
+            except OSError:
+                now = None
+            raise CheckpointChangedError(
+                f"checkpoint {self.prefix} was replaced after it was opened (its index "
+                f"{self.index_path} is {'gone' if now is None else 'another file'} now), so "
+                f"{data_path} may hold another save's data and is not read; open the "
+                f"checkpoint again", path=data_path)
+
+    def _tensor_buffer(self, e: _Entry, name: str, private: bool = False):
+        """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist;
+        with ``private``, the buffer is the shard's copy-on-write map where one exists."""
         shard = self._shard(e.shard_id)
+        buffer = self._private_map(shard) if private else shard.buffer
         # Re-check the file size: a data file truncated after it was mapped
         # would otherwise fault (SIGBUS) when a view is read.
-        current = os.fstat(shard.file.fileno()).st_size
+        try:
+            current = os.fstat(shard.file.fileno()).st_size
+        except OSError as exc:
+            raise read_error(exc, shard.path, "data shard") from None
         end = e.offset + e.size
-        if end > min(current, shard.size):
+        if end > min(current, shard.size, len(buffer)):
             raise CorruptCheckpointError(
-                f"{shard.path} is {min(current, shard.size)} bytes, but tensor {name!r} needs bytes "
-                f"[{e.offset}, {end}) (the data file is truncated or from another save)",
-                path=shard.path, key=name, offset=e.offset)
-        return shard.buffer, shard
+                f"{shard.path} is {min(current, shard.size, len(buffer))} bytes, but tensor "
+                f"{name!r} needs bytes [{e.offset}, {end}) (the data file is truncated or from "
+                f"another save)", path=shard.path, key=name, offset=e.offset)
+        return buffer, shard
 
-    def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None):
+    def _private_map(self, shard: _Shard):
+        """The shard's copy-on-write (``MAP_PRIVATE``) map, made on first use: views of
+        it are writable, a write copies just the page it touches, and the file never
+        changes.  The read-only map where the OS refuses one (strict overcommit
+        accounting may); callers then copy."""
+        with self._lock:
+            self._check_open()
+            if shard.private is None:
+                try:
+                    shard.private = (mmap.mmap(shard.file.fileno(), 0, access=mmap.ACCESS_COPY)
+                                     if shard.size else b"")
+                except OSError:
+                    shard.private = False
+            return shard.private if shard.private is not False else shard.buffer
+
+    def _lend(self, i: int) -> bool:
+        """Whether tensor ``i``'s private-map bytes are still unclaimed (claiming them).
+        A caller may have written the first writable view, so later writable reads
+        copy from the read-only map instead: two of them never share memory."""
+        with self._lock:
+            first = i not in self._lent
+            self._lent.add(i)
+            return first
+
+    def _read_plain(self, i: int, name: str, e: _Entry, verify: bool, index=None,
+                    writable: bool = False):
         import numpy as np
 
         from . import _data
@@ -336,13 +488,14 @@ class Checkpoint(Mapping):
         dt = e.dtype
         if count == 0 and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
             out = np.empty(e.shape, dtype=dt.numpy)
-            out.flags.writeable = False
+            out.flags.writeable = writable
             return out if index is None else out[index]
-        buf, shard = self._tensor_buffer(e, name)
+        buf, shard = self._tensor_buffer(e, name, writable and self._lend(i))
         raw = memoryview(buf)[e.offset:e.offset + e.size]
         verify = verify and i not in self._verified
         if verify and dt.kind in (dtypes.FIXED, dtypes.SUBBYTE):
-            _data.check_crc(raw, e.crc, shard.path, name, e.offset)
+            pool = _crc_pool() if e.size >= 2 * _data.PARALLEL_PIECE else None
+            _data.check_crc(raw, e.crc, shard.path, name, e.offset, pool, _CORES)
         if dt.kind == dtypes.STRING:
             flat = _data.decode_strings(raw, count, self.big_endian, e.crc, verify,
                                         shard.path, name, e.offset)
@@ -361,7 +514,8 @@ class Checkpoint(Mapping):
         if verify:
             with self._lock:
                 self._verified.add(i)
-        return arr if index is None else arr[index]
+        arr = arr if index is None else arr[index]
+        return _writable(arr) if writable else arr
 
     def _fixed(self, buf, e: _Entry, count: int, index):
         import numpy as np
@@ -422,18 +576,30 @@ class Checkpoint(Mapping):
                 f"expected {full.dtype.name} {list(expect)}", path=self.index_path, key=name)
         return j, e, bounds
 
+    def _stored_slices(self, i: int, name: str, full: _Entry) -> list:
+        """The stored slices of a partitioned tensor.  Each needs an index entry of
+        its own, so a list longer than the index is refused before any work that
+        grows with it."""
+        if full.num_slices > self._table.count:
+            raise CorruptCheckpointError(
+                f"{self.index_path}: tensor {name!r} lists {full.num_slices} stored slices, "
+                f"but the index holds only {self._table.count} entries", path=self.index_path,
+                key=name)
+        return self._table.slices(i)
+
     def _read_partitioned(self, i: int, name: str, full: _Entry, verify: bool, rows=None):
         region = [(0, d) for d in full.shape]
         if rows is not None:
             region[0] = rows
-        parts = [self._slice_entry(name, full, s) for s in self._table.slices(i)]
+        parts = [self._slice_entry(name, full, s) for s in self._stored_slices(i, name, full)]
         boxes = [bounds for _, _, bounds in parts]
         pieces = covering(boxes, region, f"{self.index_path}: tensor {name!r}",
                           path=self.index_path, key=name)
         values = (self._read_plain(parts[k][0], name, parts[k][1], verify) for k, _ in pieces)
         return assemble(region, boxes, pieces, values, full.dtype.numpy)
 
-    def read(self, name: str, index=None, *, verify: bool | None = None) -> np.ndarray:
+    def read(self, name: str, index=None, *, verify: bool | None = None,
+             writable: bool = False) -> np.ndarray:
         """Read tensor ``name``, or the part of it selected by ``index``.
 
         Parameters
@@ -450,11 +616,19 @@ class Checkpoint(Mapping):
             ``verify`` setting for whole reads and to False for reads with an
             ``index`` (a CRC covers the whole tensor; ``verify=True`` reads it
             all once).
+        writable : bool
+            Return an array the caller may write.  The first such read of a
+            tensor views a private copy-on-write map of the data file
+            (``MAP_PRIVATE``): writes copy only the pages they touch and
+            never reach the file.  Later writable reads of the same tensor
+            (the first caller may have written it) and bytes that need
+            converting get copies, so writable arrays never share memory.
 
         Returns
         -------
         numpy.ndarray
-            Read-only; a view of the memory map where the bytes allow.
+            Read-only unless ``writable``; a view of the memory map where the
+            bytes allow.
 
         Raises
         ------
@@ -477,10 +651,54 @@ class Checkpoint(Mapping):
                 if norm is not None:
                     rows, index = norm[:2], norm[2]
             arr = self._read_partitioned(i, name, e, verify, rows)
-            return arr if index is None else arr[index]
+            arr = arr if index is None else arr[index]
+            return _writable(arr) if writable else arr
         if index is not None and verify and i not in self._verified:
             self._read_plain(i, name, e, True)
-        return self._read_plain(i, name, e, verify and index is None, index)
+        return self._read_plain(i, name, e, verify and index is None, index, writable)
+
+    def read_slice(self, name: str, extents, index=None, *, verify: bool | None = None):
+        """Read one stored slice of the partitioned tensor ``name``, or part of it.
+
+        Distributed loaders read the slices as stored, each worker only the part
+        it needs, rather than assembling the whole tensor first.
+
+        Parameters
+        ----------
+        name : str
+            A partitioned tensor (``info(name).slices`` is not empty).
+        extents : sequence of (start, length)
+            The slice, exactly as ``info(name).slices`` lists it.
+        index : numpy index, optional
+            Part of the slice, in the slice's own coordinates; only the bytes of
+            the selected elements are touched.
+        verify : bool, optional
+            As for :meth:`read`: the slice's CRC-32C is checked on whole reads
+            by default.
+
+        Returns
+        -------
+        numpy.ndarray
+            Read-only; a view of the memory map where the bytes allow.
+
+        Raises
+        ------
+        TensorNotFoundError
+            If there is no such tensor, or it has no stored slice ``extents``.
+        ChecksumMismatchError, CorruptCheckpointError
+            As for :meth:`read`.
+        """
+        self._check_open()
+        i = self._record(name)
+        full = self._entry(i, name)
+        extents = _stored_slice(self, name, self._table.slices(i) if full.num_slices else (),
+                                extents)
+        j, e, _ = self._slice_entry(name, full, extents)
+        if verify is None:
+            verify = self.verify and index is None
+        if index is not None and verify and j not in self._verified:
+            self._read_plain(j, name, e, True)
+        return self._read_plain(j, name, e, verify and index is None, index)
 
     def release(self, name: str) -> None:
         """Drop the pages holding ``name``'s bytes from this process's memory.
@@ -512,11 +730,11 @@ class Checkpoint(Mapping):
                 self.read(name, verify=True)
             except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
                 bad.append((name, exc))
-        return bad + self._overlaps()
+        return bad + self.overlaps()
 
-    def _overlaps(self) -> list:
+    def overlaps(self) -> list:
         """``[(name, CorruptCheckpointError)]`` for tensors whose bytes overlap another's
-        in a data file.  A checksum cannot catch an entry that points at another tensor
+        in a data file (:meth:`verify_all` includes them).  A checksum cannot catch an entry that points at another tensor
         together with that tensor's CRC; TF's writer never lays tensors over each other."""
         spans = []
         table = self._table
@@ -560,11 +778,15 @@ class Checkpoint(Mapping):
                 return
             self._closed = True
             shards, self._shards = self._shards, {}
+            opened, self._opened = getattr(self, "_opened", {}), {}
         for shard in shards.values():
             close_map(shard.buffer)
+            close_map(shard.private)
             shard.file.close()
+        for f in opened.values():
+            f.close()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc):
@@ -595,6 +817,35 @@ def _check_versions(path, v) -> None:
 
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
+
+
+def _stored_slice(ckpt, name: str, stored, extents) -> tuple:
+    """``extents`` as the matching entry of ``stored`` (the tensor's slices, empty
+    when it is not partitioned); TensorNotFoundError when there is none."""
+    stored = tuple(stored)
+    try:
+        wanted = tuple((int(start), int(length)) for start, length in extents)
+    except (TypeError, ValueError):
+        wanted = None
+    for s in stored:
+        if tuple(tuple(x) for x in s) == wanted:
+            return s
+    listed = ", ".join(spec(s) for s in stored[:8]) or "none: it is stored whole"
+    raise TensorNotFoundError(
+        f"tensor {name!r} in {ckpt.prefix} has no stored slice {extents!r} (its slices: "
+        f"{listed})", path=ckpt.prefix, key=name)
+
+
+def _writable(arr):
+    """``arr`` made writable: readers build their converted arrays afresh, so only
+    the caller sees them; a view of a read-only map (numpy refuses the flag) is
+    copied instead."""
+    if not arr.flags.writeable:
+        try:
+            arr.flags.writeable = True
+        except ValueError:
+            arr = arr.copy()
+    return arr
 
 
 # ---- module-level convenience functions ----------------------------------

@@ -12,19 +12,27 @@ returned are copies, never views.
 
 from __future__ import annotations
 
-import builtins
 import sys
 import threading
 from dataclasses import dataclass, field
 
 from . import _index, _v1, dtypes
+from ._util import read_regular
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     UnsupportedError,
 )
 from .paths import resolve_prefix, v1_files
-from .reader import Checkpoint, TensorInfo, _check_versions, _encode, _normalize_rows
+from .reader import (
+    Checkpoint,
+    TensorInfo,
+    _check_versions,
+    _encode,
+    _normalize_rows,
+    _stored_slice,
+    _writable,
+)
 from .slices import assemble, covering, prod, spec
 
 __all__ = ["V1Checkpoint"]
@@ -53,14 +61,9 @@ def _key(name: str, extents) -> bytes:
 
 
 def _read_file(path: str) -> bytes:
-    try:
-        with builtins.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"V1 checkpoint file {path} does not exist",
-                                      path=path) from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise CheckpointNotFoundError(f"{path} is not a file", path=path) from None
+    # A regular file only (a FIFO is refused, not blocked on); errors keep the errno.
+    return read_regular(path, "V1 checkpoint file",
+                        missing=f"V1 checkpoint file {path} does not exist")
 
 
 class V1Checkpoint(Checkpoint):
@@ -264,7 +267,8 @@ class V1Checkpoint(Checkpoint):
         return assemble(region, boxes, pieces, values,
                         dt.numpy if dt.kind != dtypes.STRING else object)
 
-    def read(self, name: str, index=None, *, verify: bool | None = None):
+    def read(self, name: str, index=None, *, verify: bool | None = None,
+             writable: bool = False):
         """Read tensor ``name``, or the part of it selected by ``index``.
 
         Parameters
@@ -276,11 +280,13 @@ class V1Checkpoint(Checkpoint):
             stored slices that intersect it.
         verify : bool, optional
             Accepted for API compatibility; V1 has no per-tensor checksum.
+        writable : bool
+            Return the decoded copy writable.
 
         Returns
         -------
         numpy.ndarray
-            A read-only array (a decoded copy).
+            A decoded copy, read-only unless ``writable``.
 
         Raises
         ------
@@ -309,6 +315,19 @@ class V1Checkpoint(Checkpoint):
             if norm is not None:
                 rows, index = norm[:2], norm[2]
         arr = self._assemble(t, dt, rows)
+        arr = arr if index is None else arr[index]
+        return _writable(arr) if writable else arr
+
+    def read_slice(self, name: str, extents, index=None, *, verify: bool | None = None):
+        """Read one stored slice of a partitioned tensor, or part of it (see
+        :meth:`tfshard.Checkpoint.read_slice`); V1 decodes the whole slice."""
+        self._check_open()
+        t = self._tensor(name)
+        dt = self._dtype(t, decoding=True)
+        extents = _stored_slice(self, name, self._slices(t), extents)
+        part = next(p for p in t.parts if p.extents == extents)
+        arr = self._decode(t, dt, part)
+        arr.flags.writeable = False
         return arr if index is None else arr[index]
 
     def release(self, name: str) -> None:
@@ -325,8 +344,8 @@ class V1Checkpoint(Checkpoint):
                 bad.append((name, exc))
         return bad
 
-    def _overlaps(self) -> list:
-        # V1 records hold their own values: tensors cannot share bytes.
+    def overlaps(self) -> list:
+        """Always empty: V1 records hold their own values, so tensors cannot share bytes."""
         return []
 
     def close(self) -> None:

@@ -73,26 +73,45 @@ def intersect(a, b):
 def find_overlap(boxes):
     """Two overlapping boxes among ``boxes`` (lists of (lo, hi) per dim), or None.
 
-    Linear in the number of grid cells the boxes cover: the boxes' boundaries
-    cut each dimension into intervals, and every box marks its cells once.
+    O(n log n) for slices cut along one dimension (how TF partitions: the boxes
+    agree on every other dimension), by sorting them along it.  Otherwise the
+    boxes' boundaries cut each dimension into intervals and every box marks its
+    cells of that grid once, so the work is bounded by the grid (at most
+    ``_MAX_GRID_CELLS`` cells; larger grids are refused).
     """
     import numpy as np
 
     boxes = [b for b in boxes if all(lo < hi for lo, hi in b)]  # empty boxes overlap nothing
     if len(boxes) < 2:
         return None
-    cuts = [sorted({v for b in boxes for v in b[d]}) for d in range(len(boxes[0]))]
+    arr = np.array(boxes, dtype=np.int64).reshape(len(boxes), -1, 2)
+    lo, hi = arr[:, :, 0], arr[:, :, 1]
+    varying = [d for d in range(arr.shape[1])
+               if (lo[:, d] != lo[0, d]).any() or (hi[:, d] != hi[0, d]).any()]
+    if len(varying) <= 1:
+        d = varying[0] if varying else 0
+        order = np.argsort(lo[:, d], kind="stable")
+        starts, ends = lo[order, d], hi[order, d]
+        reach = np.maximum.accumulate(ends)  # the furthest end among boxes so far
+        hits = np.flatnonzero(starts[1:] < reach[:-1])
+        if not hits.size:
+            return None
+        k = int(hits[0]) + 1
+        j = int(np.argmax(ends[:k]))  # a box that reaches past box k's start
+        return boxes[int(order[j])], boxes[int(order[k])]
+    cuts = [np.unique(np.concatenate([lo[:, d], hi[:, d]])) for d in range(arr.shape[1])]
     if prod(len(c) - 1 for c in cuts) > _MAX_GRID_CELLS:
         raise UnsupportedError(
             f"a partitioned tensor with {len(boxes)} slices cut on too many boundaries "
             f"({' x '.join(str(len(c) - 1) for c in cuts)} cells)")
+    first = np.stack([np.searchsorted(c, lo[:, d]) for d, c in enumerate(cuts)], axis=1)
+    last = np.stack([np.searchsorted(c, hi[:, d]) for d, c in enumerate(cuts)], axis=1)
     owner = np.full([len(c) - 1 for c in cuts], -1, dtype=np.int64)
-    for k, box in enumerate(boxes):
-        cells = tuple(slice(np.searchsorted(c, lo), np.searchsorted(c, hi))
-                      for c, (lo, hi) in zip(cuts, box))
+    for k in range(len(boxes)):
+        cells = tuple(slice(a, b) for a, b in zip(first[k].tolist(), last[k].tolist()))
         taken = owner[cells]
         if (taken >= 0).any():
-            return boxes[int(taken[taken >= 0].flat[0])], box
+            return boxes[int(taken[taken >= 0].flat[0])], boxes[k]
         owner[cells] = k
     return None
 

@@ -11,8 +11,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ._util import atomic_write
-from .errors import CorruptCheckpointError
+from ._util import atomic_write, read_regular
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = ["CheckpointState", "STATE_FILENAME", "read_state", "parse_state", "format_state",
            "write_state"]
@@ -207,14 +207,22 @@ def read_state(directory) -> CheckpointState | None:
     ------
     CorruptCheckpointError
         If the file exists but is not a valid state file.
+    CheckpointNotFoundError
+        If it is a FIFO, device or other non-regular file (never opened for
+        reading, so never blocked on).
+    ReadFailedError
+        If it cannot be read (a symlink loop, permissions...); errno kept.
     """
     directory = os.fspath(directory)
     where = os.path.join(directory, STATE_FILENAME)
+    if os.path.isdir(where):
+        return None  # as TensorFlow: a directory there is no state file
     try:
-        with open(where, "rb") as f:
-            text = f.read(_MAX_STATE_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
+        text = read_regular(where, "checkpoint state file", _MAX_STATE_BYTES)
+    except CheckpointNotFoundError as exc:
+        if exc.errno is not None:
+            return None  # it does not exist (or a parent is no directory)
+        raise
     if len(text) > _MAX_STATE_BYTES:
         raise CorruptCheckpointError(
             f"{where} is larger than {_MAX_STATE_BYTES} bytes; not a checkpoint state file",
@@ -273,5 +281,6 @@ def write_state(directory, st: CheckpointState, *, fsync: bool = False) -> str:
     """
     directory = os.fspath(directory)
     target = os.path.join(directory, STATE_FILENAME)
-    atomic_write(target, format_state(st, directory).encode("utf-8"), fsync=fsync)
+    atomic_write(target, format_state(st, directory).encode("utf-8"), fsync=fsync,
+                 what="the checkpoint state file")
     return target

@@ -24,17 +24,23 @@ a failed restore never leaves a model half loaded.
 
 from __future__ import annotations
 
+import re
 import sys
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
 
-from . import reader
+try:
+    import tensorflow as tf
+except ImportError as exc:  # pragma: no cover - exercised in a child without TF
+    raise ImportError("tfshard.tf needs TensorFlow: pip install tfshard[tensorflow]") from exc
+
+from . import dtypes, reader
+from .errors import RestoreError, UnsupportedError
+from .frameworks import Framework
 from .objectgraph import OBJECT_GRAPH_KEY, decode, escape_local_name
-from .errors import RestoreError
 
 __all__ = ["restore", "RestoreReport"]
 
@@ -538,3 +544,43 @@ def _assign_in_session(ckpt, targets, session, report) -> None:
             size = 0
     if batch:
         run()
+
+
+# ---- tfshard.safe_open(..., framework="tf") ----------------------------------------------
+
+class _TensorFlow(Framework):
+    """Checkpoint tensors as ``tf.Tensor`` (TF copies every value it is given)."""
+
+    name = "TensorFlow"
+
+    def unsupported(self, dt):
+        if dt.kind == dtypes.VARIANT:
+            return "a variant's value can only be rebuilt by TF's own restore"
+        return None
+
+    def device(self, device):
+        if device is None:
+            device = "cpu"
+        platform, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+        if platform.lower() in ("cpu", "gpu", "cuda"):
+            kind, index = ("CPU" if platform.lower() == "cpu" else "GPU"), index or "0"
+        else:  # "/GPU:1", "/job:localhost/replica:0/task:0/device:GPU:1"
+            m = re.search(r"(CPU|GPU|TPU):(\d+)$", device, re.I) if isinstance(device, str) \
+                else None
+            if m is None:
+                raise UnsupportedError(f"expected a device such as 'cpu', 'gpu:0' or '/GPU:0', "
+                                       f"got {device!r}")
+            kind, index = m.group(1).upper(), m.group(2)
+        # TF would quietly place tensors elsewhere (soft placement) on a device it lacks.
+        if not any(d.name.endswith(f"{kind}:{index}")
+                   for d in tf.config.list_logical_devices(kind)):
+            raise UnsupportedError(f"TensorFlow has no device {device!r} (it has "
+                                   f"{[d.name for d in tf.config.list_logical_devices()]})")
+        return f"/{kind}:{index}"
+
+    def from_numpy(self, arr, dt, device):
+        with tf.device(device):
+            return tf.constant(arr, dtype=tf.as_dtype(dt.name))
+
+
+FRAMEWORK = _TensorFlow()

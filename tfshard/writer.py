@@ -1,23 +1,25 @@
 """Writing TensorFlow V2 checkpoints: :class:`CheckpointWriter` and :func:`save`.
 
 Tensor bytes are appended to data shards as they are added, under temporary
-names; :meth:`CheckpointWriter.commit` renames the shards into place and writes
-``P.index`` last, so a prefix's index exists only when every byte it points to
-is complete.  The index encoding (in C) reproduces TensorFlow's byte for byte.
+names; :meth:`CheckpointWriter.commit` writes the index beside them and then
+installs the whole checkpoint by renames (:mod:`tfshard._commit`), so at every
+moment the old checkpoint of the prefix or the new one is complete.  Every
+write is checked: a full disk or a file-size limit raises
+:class:`~tfshard.WriteFailedError` and leaves the old checkpoint as it was.
+The index encoding (in C) reproduces TensorFlow's byte for byte.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from . import _build, _index, dtypes
-from ._util import atomic_write, fsync_directory, gc_paused, remove_file, temp_name
-from .errors import InvalidTensorError, WriterClosedError
-from .paths import data_filename, index_filename
+from . import _build, _commit, _index, dtypes
+from ._util import create_exclusive, discard_file, gc_paused, temp_name, write_failed, write_temp
+from .errors import InvalidTensorError, WriteFailedError, WriterClosedError
+from .paths import checkpoint_layout, data_filename, index_filename
 from .reader import Checkpoint
 from .slices import bounds, bounds_spec, find_overlap, parse_spec, spec
 
@@ -48,9 +50,8 @@ class _Shard:
         self.id = shard_id
         # Where the file is now: a temporary name until the commit renames it.
         self.path = temp_name(f"{prefix}.data-{shard_id:05d}")
-        self.fd = os.open(self.path,
-                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                          0o666)
+        # Locked while open: housekeeping never removes a live writer's file.
+        self.fd = create_exclusive(self.path)
         self.sink = _build.DataFile(self.fd, alignment, self.path)
         self.planned = 0  # bytes assigned by add_all but not yet written
 
@@ -63,16 +64,17 @@ class _Shard:
         ``crc_pool``, large tensors are checksummed there while being written."""
         self.sink.append_all(tensors, self.id, entries, crc_pool)
 
-    def close(self, fsync: bool):
-        if self.fd < 0:
-            return
-        try:
-            self.sink.flush()
-            if fsync:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-            self.fd = -1
+    def finish(self, fsync: bool):
+        """Write out what is staged (and fsync); the file stays open, and locked,
+        until the commit has renamed it."""
+        self.sink.flush()
+        if fsync:
+            os.fsync(self.fd)
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class _Partitioned:
@@ -82,6 +84,9 @@ class _Partitioned:
         self.dtype = dtype
         self.shape = shape
         self.slices: list = []
+
+
+_Self = TypeVar("_Self", bound="CheckpointWriter")
 
 
 class CheckpointWriter:
@@ -147,11 +152,16 @@ class CheckpointWriter:
         self._partitioned: dict[bytes, _Partitioned] = {}
         self._shards: list[_Shard] = []
         self._pool = None
+        self._index_temp = None
         self._state = "open"
         directory = os.path.dirname(prefix)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
         try:
+            if directory:
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError as exc:
+                    raise write_failed(exc, prefix, f"creating the directory {directory}") \
+                        from None
             for _ in range(num_shards if max_shard_size is None else 1):
                 self._new_shard()
         except BaseException:
@@ -265,6 +275,23 @@ class CheckpointWriter:
             self._add_all(tensors.items() if isinstance(tensors, Mapping) else tensors,
                           overrides)
 
+    def _failed(self, exc: OSError, shard: _Shard | None = None, doing: str | None = None,
+                abort: bool = True):
+        """Abort (unless told not to: other threads may still be writing), and the
+        WriteFailedError for an OSError of a write (naming the prefix, the tensor
+        and the shard)."""
+        if abort:
+            self.abort()
+        if isinstance(exc, WriteFailedError):
+            return exc
+        if doing is None:
+            name = getattr(shard.sink, "failed", None) if shard is not None else None
+            where = (f"data shard {shard.id} (written as {os.path.basename(shard.path)})"
+                     if shard is not None else "a data shard")
+            doing = (f"writing tensor {name!r} to {where}" if name is not None
+                     else f"writing {where}")
+        return write_failed(exc, self.prefix, doing)
+
     def _add_all(self, items, overrides):
         pairs = list(items)
         # The common case (str names, contiguous numeric arrays) is prepared in one
@@ -293,13 +320,26 @@ class CheckpointWriter:
         if len(plan) > 1:
             # One thread per shard; CRC and write() both run without the GIL.
             def write(shard_id):
-                self._shards[shard_id].append_all(plan[shard_id], self._entries)
+                shard = self._shards[shard_id]
+                try:
+                    shard.append_all(plan[shard_id], self._entries)
+                except OSError as exc:
+                    raise self._failed(exc, shard, abort=False) from None
 
-            with ThreadPoolExecutor(min(len(plan), os.cpu_count() or 1)) as pool:
-                list(pool.map(write, plan))
+            try:
+                # Leaving the block waits for every thread, failed or not.
+                with ThreadPoolExecutor(min(len(plan), os.cpu_count() or 1)) as pool:
+                    list(pool.map(write, plan))
+            except BaseException:
+                self.abort()
+                raise
         else:
             for shard_id, tensors in plan.items():
-                self._shards[shard_id].append_all(tensors, self._entries, self._crc_pool())
+                shard = self._shards[shard_id]
+                try:
+                    shard.append_all(tensors, self._entries, self._crc_pool())
+                except OSError as exc:
+                    raise self._failed(exc, shard) from None
 
     # ---- validation --------------------------------------------------------
 
@@ -415,7 +455,13 @@ class CheckpointWriter:
 
     def _write(self, t: tuple):
         """Append one prepared tensor to the shard it belongs in; record its entry."""
-        self._shard_for(t[NBYTES]).append(t, self._entries, self._crc_pool())
+        shard = None
+        try:
+            shard = self._shard_for(t[NBYTES])
+            shard.append(t, self._entries, self._crc_pool())
+        except OSError as exc:
+            raise self._failed(exc, shard, None if shard is not None else
+                               f"creating a data shard for tensor {t[NAME]!r}") from None
 
     def _crc_pool(self):
         """A one-thread executor that checksums large tensors while they are
@@ -425,7 +471,11 @@ class CheckpointWriter:
         return self._pool
 
     def _new_shard(self) -> _Shard:
-        shard = _Shard(self.prefix, len(self._shards), self.alignment)
+        try:
+            shard = _Shard(self.prefix, len(self._shards), self.alignment)
+        except OSError as exc:
+            raise write_failed(exc, self.prefix, f"creating data shard {len(self._shards)}") \
+                from None
         self._shards.append(shard)
         return shard
 
@@ -449,26 +499,58 @@ class CheckpointWriter:
     # ---- commit / abort ----------------------------------------------------
 
     def commit(self) -> str:
-        """Finish the checkpoint: close the data files, rename them into place,
-        then write ``prefix.index``.  Returns the prefix.
+        """Finish the checkpoint: flush the data files, write ``prefix.index``
+        beside them, then install both in place of any old checkpoint of the
+        prefix.  Returns the prefix.
+
+        At every moment the old checkpoint or the new one is complete (see
+        :mod:`tfshard._commit`); a failure at any step leaves the old one.
 
         Raises
         ------
         InvalidTensorError
             If two slices of a partitioned tensor overlap (then nothing is kept).
+        WriteFailedError
+            If a write, fsync or rename fails (disk full, file-size limit, I/O
+            error...): the new files are removed and the old checkpoint is intact.
         """
         self._check_open()
+        index_fd = -1
         try:
             index = self._index_bytes()
-            for shard in self._shards:
-                shard.close(self.fsync)
-            self._install(index)
+            shard = None
+            try:
+                for shard in self._shards:
+                    shard.finish(self.fsync)
+            except OSError as exc:
+                raise self._failed(exc, shard, f"flushing data shard {shard.id}") from None
+            index_temp, index_fd = write_temp(index_filename(self.prefix), index,
+                                              fsync=self.fsync, target=self.prefix,
+                                              what="the index")
+            self._index_temp = index_temp
+            if not _commit.LOCKS_HELD_OPEN:
+                self._close_files()  # where open files cannot be renamed
+            n = len(self._shards)
+            moves = [(s.path, data_filename(self.prefix, s.id, n)) for s in self._shards]
+            _commit.install(checkpoint_layout(self.prefix), index_temp, moves,
+                            fsync=self.fsync, target=self.prefix, what="the checkpoint")
+            self._state = "committed"
         except BaseException:
             self.abort()
             raise
         finally:
+            if index_fd >= 0:
+                os.close(index_fd)
+            self._close_files()
             self._shutdown_pool()
         return self.prefix
+
+    def _close_files(self):
+        for shard in self._shards:
+            try:
+                shard.close()
+            except OSError:
+                pass
 
     def _shutdown_pool(self):
         if self._pool is not None:
@@ -491,39 +573,19 @@ class CheckpointWriter:
                                   [_build.encode_header(len(self._shards))]
                                   + [entries[k] for k in keys])
 
-    def _install(self, index: bytes):
-        prefix, n = self.prefix, len(self._shards)
-        # An old index of this prefix must not describe the new data files, even
-        # for a moment: remove it before they are renamed over the old ones.
-        remove_file(index_filename(prefix))
-        for shard in self._shards:
-            final = data_filename(prefix, shard.id, n)
-            os.replace(shard.path, final)
-            shard.path = final  # abort() removes it from here until the index exists
-        atomic_write(index_filename(prefix), index, fsync=self.fsync)
-        self._state = "committed"
-        # The checkpoint is complete; what follows only tidies up.
-        if self.fsync:
-            fsync_directory(os.path.dirname(prefix) or ".")
-        try:
-            remove_stale_shards(prefix, n)
-        except OSError:
-            pass
-
     def abort(self) -> None:
         """Discard the checkpoint: close and delete everything written.  Idempotent."""
         if self._state == "committed":
             return
         self._state = "aborted"
         self._shutdown_pool()
+        self._close_files()
         for shard in self._shards:
-            try:
-                shard.close(False)
-            except OSError:
-                pass
-            remove_file(shard.path)
+            discard_file(shard.path)
+        if self._index_temp is not None:
+            discard_file(self._index_temp)
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -637,12 +699,3 @@ def _as_bytes_list(arr, name, dt) -> list:
                 f"{name!r}: element {i} of a {dt.name} tensor is {type(v).__name__}; expected "
                 f"bytes{' or str' if dt.kind == dtypes.STRING else ''}", key=name)
     return items
-
-
-def remove_stale_shards(prefix: str, num_shards: int):
-    """Delete data files an earlier save of ``prefix`` left with another shard count."""
-    pattern = re.compile(re.escape(prefix) + r"\.data-\d{5,}-of-(\d{5,})$")
-    for path in glob.glob(glob.escape(prefix) + ".data-*-of-*"):
-        m = pattern.match(path)
-        if m and int(m.group(1)) != num_shards:
-            remove_file(path)

@@ -1,7 +1,7 @@
 """The ``tfshard`` command line.
 
 Exit codes: 0 success, 1 failure (a corrupt checkpoint, models that differ, an
-output that already exists...), 2 usage error.
+output that already exists...), 2 usage error, 130 interrupted (Ctrl-C).
 
 Each command lives in a module of its own that registers its options
 (``add_parser``) and runs (``run``); the modules parse arguments and print, and
@@ -18,13 +18,13 @@ import sys
 
 import tfshard
 
-from . import convert, diff, extract, graph, ls, merge, rename, show, strip, verify
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
+from . import average, convert, diff, extract, graph, ls, merge, rename, reshard, show, strip, verify
+from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
 
 __all__ = ["main", "parse_size", "FORMATS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
 # In the order `tfshard --help` lists them.
-COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff, graph)
+COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff, average, reshard, graph)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Read, write and convert TensorFlow checkpoints without TensorFlow.",
         epilog="Run 'tfshard COMMAND --help' for the options of one command.\n"
                "Exit status: 0 success, 1 failure (bad data, models that differ...), "
-               "2 usage error.",
+               "2 usage error, 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"tfshard {tfshard.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # The library's messages name its keyword arguments; here they are options.
-_FORMAT_OPTION = {"extract": "--format", "convert": "--to", "merge": "--to"}
+_FORMAT_OPTION = {"extract": "--format", "convert": "--to", "merge": "--to", "average": "--to"}
 
 
 def _error_message(exc: BaseException, command: str) -> str:
@@ -69,13 +69,29 @@ def main(argv=None) -> int:
             args.subparser.error("OUT is required unless --dry-run is given")
         if getattr(args, "keys", False) and not args.tree:
             args.subparser.error("--keys needs --tree (the listing shows keys already)")
+        check = getattr(args, "check", None)  # a command's own checks of its options
+        if check is not None:
+            check(args)
     except SystemExit as exc:  # usage errors (2), --help and --version (0): return, not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Anything printed that the terminal cannot encode (a lone surrogate missed by
+    # printable(), a name in a narrow locale) is escaped rather than a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     # Commands build large listings of small objects; the cyclic GC only costs time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        # Outputs are written under temporary names that the interrupted command removed
+        # on its way out: nothing partial is left to mention.
+        print(f"tfshard {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (tfshard.TFShardError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return EXIT_OK

@@ -9,12 +9,24 @@ import math
 import re
 import sys
 
+from tfshard._util import printable
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 # The names tfshard.formats gives its formats (see tfshard.formats.detect_format).
 FORMATS = ("tf", "safetensors", "npz", "npy", "torch")
 # What --dtype may cast floating tensors to (conversion.convert refuses anything else).
 CAST_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# What --for takes (conversion.convert's framework argument).
+FRAMEWORKS = ("torch", "tf", "jax", "numpy")
+# The presets of tfshard.surgery.presets.PRESETS, named here so that building the parser
+# imports nothing (a test checks the two agree).
+PRESET_NAMES = ("bert", "bert-pretraining")
+PRESET_HELP = ("rename by a preset name map, with the transposes and exclusions it needs: "
+               "'bert' (Google's original BERT checkpoint -> transformers BertModel names), "
+               "'bert-pretraining' (-> BertForPreTraining, with the cls.* heads); runs "
+               "before --rename rules")
 
 PATH_HELP = ("a TF checkpoint (prefix, its .index, a data shard, or a directory with a "
              "'checkpoint' state file), a .safetensors, .npz or PyTorch file, or a "
@@ -58,6 +70,17 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def count_arg(text: str) -> int:
+    """A positive integer option (--last N, --num-shards N)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
+    return n
+
+
 def tolerance_arg(text: str) -> float:
     try:
         value = float(text)
@@ -78,6 +101,12 @@ def add_command(sub, name, func, help_, description, examples, extra_dest=None):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func, extra_dest=extra_dest, subparser=p)
     return p
+
+
+def add_skip_option(p):
+    p.add_argument("--skip-unsupported", action="store_true",
+                   help="leave out (and list) the tensors the output format cannot hold, "
+                        "such as strings in safetensors, instead of refusing")
 
 
 def add_write_options(p, *, quiet_help="no progress bar and no summary"):
@@ -125,8 +154,50 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def add_ema_option(p) -> None:
+    p.add_argument("--prefer-ema", action="store_true",
+                   help="write each variable's exponential moving average under the "
+                        "variable's name where the input keeps one (TF1 "
+                        "X/ExponentialMovingAverage, TF2 averaged variables, Keras 3 "
+                        "use_ema=True); lists what was replaced and what had none")
+
+
+def print_ema(report) -> None:
+    """The moving averages a --prefer-ema conversion used, and the tensors without one."""
+    n = len(report.replaced)
+    print(f"{plural(n, 'tensor')} replaced by "
+          + ("its moving average" if n == 1 else "their moving averages")
+          + (":" if n else " (the input keeps none)"))
+    for name, ema in report.replaced.items():
+        print(f"  {printable(name)} <- {printable(ema)}")
+    if report.ema_not_found:
+        print(f"{plural(len(report.ema_not_found), 'floating tensor')} without a moving "
+              f"average, written as they are:")
+        for name in report.ema_not_found:
+            print(f"  {printable(name)}")
+
+
+def report_json(src, dst, report) -> None:
+    """A conversion's report as JSON (convert, extract)."""
+    dump_json({"input": str(src), "output": str(dst), "tensors": report.tensors,
+               "nbytes": report.nbytes, "outputs": [str(p) for p in report.outputs],
+               "mapping": report.mapping, "dropped": report.dropped,
+               "replaced": report.replaced, "ema_not_found": report.ema_not_found,
+               "not_cast": report.not_cast, "transposed": report.transposed})
+
+
 def print_written(args, report, verb: str) -> None:
+    """The summary line of a command that wrote a model, then what it left out as
+    unsupported (printed even with --quiet: the output lacks those tensors)."""
+    for name, reason in report.skipped:
+        print(f"skipped {printable(name)}: {printable(reason)}")
     if args.quiet:
         return
-    files = ", ".join(map(str, report.outputs)) or "(no file)"
-    print(f"{verb} {plural(report.tensors, 'tensor')} ({human_bytes(report.nbytes)}): {files}")
+    files = ", ".join(printable(f) for f in report.outputs) or "(no file)"
+    size = human_bytes(report.written_bytes)
+    if report.written_bytes != report.nbytes:
+        size += f" written, {human_bytes(report.nbytes)} read"
+    print(f"{verb} {plural(report.tensors, 'tensor')} ({size}): {files}")
+    if report.skipped:
+        print(f"{plural(len(report.skipped), 'tensor')} skipped as unsupported by the output "
+              f"format")

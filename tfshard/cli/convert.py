@@ -7,13 +7,19 @@ from ._common import (
     CAST_DTYPES,
     EXIT_OK,
     FORMATS,
+    FRAMEWORKS,
     PATH_HELP,
+    PRESET_HELP,
     SIZE_HELP,
     add_command,
+    add_ema_option,
+    add_skip_option,
     add_write_options,
     plural,
+    print_ema,
     print_written,
     progress,
+    report_json,
     size_arg,
 )
 
@@ -23,15 +29,32 @@ def run(args) -> int:
 
     report = conversion.convert(
         args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
-        dtype=args.dtype, include=args.include, exclude=args.exclude, rename=args.rename,
-        max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=progress(args))
+        dtype=args.dtype, keep=args.keep, include=args.include, exclude=args.exclude,
+        rename=args.rename, rename_preset=args.rename_preset, transpose=args.transpose,
+        prefer_ema=args.prefer_ema, framework=args.framework,
+        max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+        progress=False if args.json else progress(args),
+        skip_unsupported=args.skip_unsupported)
+    if args.json:
+        report_json(args.src, args.dst, report)
+        return EXIT_OK
     print_written(args, report, "converted")
     if not args.quiet:
         renamed = sum(1 for old, new in report.mapping.items() if old != new)
         if renamed:
             print(f"{plural(renamed, 'tensor')} renamed")
+        if report.transposed:
+            print(f"{plural(len(report.transposed), 'tensor')} transposed")
+        if report.not_cast:
+            print(f"{plural(len(report.not_cast), 'floating tensor')} kept in their dtype "
+                  f"by --keep")
         if report.dropped:
-            print(f"{plural(len(report.dropped), 'tensor')} left out by --include/--exclude")
+            print(f"{plural(len(report.dropped), 'tensor')} left out"
+                  + (" (--include/--exclude, a preset's exclusions, moving averages written "
+                     "under their variables' names)" if args.rename_preset or args.prefer_ema
+                     else " by --include/--exclude"))
+        if args.prefer_ema:
+            print_ema(report)
     return EXIT_OK
 
 
@@ -49,7 +72,12 @@ def add_parser(sub) -> None:
         ["tfshard convert train/ckpt-100 model.safetensors",
          "tfshard convert model.safetensors out/model.ckpt --to tf --dtype bfloat16",
          "tfshard convert train/ckpt-100 model.safetensors --max-shard-size 2GiB",
-         "tfshard convert ckpt model.npz --exclude '*/Adam*' --rename '^bert/=encoder/'"])
+         "tfshard convert ckpt model.npz --exclude '*/Adam*' --rename '^bert/=encoder/'",
+         "tfshard convert ckpt model.safetensors --dtype bfloat16 --keep LayerNorm --keep "
+         "'/bias$'",
+         "tfshard convert bert_model.ckpt model.safetensors --rename-preset bert --for torch",
+         "tfshard convert train/ckpt-100 model.safetensors --prefer-ema --json",
+         "tfshard convert ckpt model.npz --transpose '/kernel$'"])
     convert.add_argument("src", metavar="SRC", help="the input model: " + PATH_HELP)
     convert.add_argument("dst", metavar="DST",
                          help="the output: a TF checkpoint prefix, a .safetensors, .npz or "
@@ -60,6 +88,10 @@ def add_parser(sub) -> None:
                          help=f"format of DST: {', '.join(FORMATS)} (default: told by its name)")
     convert.add_argument("--dtype", choices=CAST_DTYPES, metavar="D",
                          help=f"cast floating tensors to D: {', '.join(CAST_DTYPES)}")
+    convert.add_argument("--keep", action="append", default=[], metavar="REGEX",
+                         help="with --dtype: leave floating tensors whose name matches REGEX "
+                              "(re.search) in their dtype, e.g. LayerNorm, '/bias$'; "
+                              "repeatable")
     convert.add_argument("--include", action="append", default=[], metavar="GLOB",
                          help="keep only tensors matching a GLOB (repeatable)")
     convert.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -67,7 +99,22 @@ def add_parser(sub) -> None:
     convert.add_argument("--rename", action="append", default=[], metavar="REGEX=REPL",
                          help="rename tensors: re.sub(REGEX, REPL, name); repeatable, applied "
                               "in order; write '\\=' for a '=' inside REGEX")
+    convert.add_argument("--rename-preset", metavar="NAME", help=PRESET_HELP)
+    convert.add_argument("--transpose", action="append", default=[], metavar="REGEX",
+                         help="reverse the axes of tensors whose input name matches REGEX "
+                              "(re.search): TF [in, out] kernels become torch [out, in] "
+                              "weights; repeatable")
     convert.add_argument("--max-shard-size", type=size_arg, metavar="SIZE",
                          help="split the output into files of at most SIZE (TF data shards, "
                               "safetensors shards)")
+    convert.add_argument("--for", dest="framework", choices=FRAMEWORKS, metavar="FRAMEWORK",
+                         help=f"a safetensors output is meant for FRAMEWORK "
+                              f"({', '.join(FRAMEWORKS)}): record it in the "
+                              "file's metadata (torch: {\"format\": \"pt\"}, which "
+                              "transformers expects); otherwise the output records no format "
+                              "unless the input did")
+    add_ema_option(convert)
+    add_skip_option(convert)
+    convert.add_argument("--json", action="store_true",
+                         help="print what was written as JSON instead of text")
     add_write_options(convert)

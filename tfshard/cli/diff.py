@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -12,6 +14,7 @@ from ._common import (
     dump_json,
     json_float,
     plural,
+    progress,
     tolerance_arg,
 )
 
@@ -19,7 +22,8 @@ from ._common import (
 def run(args) -> int:
     from tfshard import conversion
 
-    report = conversion.diff(args.a, args.b, atol=args.atol, rtol=args.rtol)
+    report = conversion.diff(args.a, args.b, atol=args.atol, rtol=args.rtol,
+                             progress=progress(args))
     if args.json:
         dump_json({
             "a": args.a, "b": args.b, "same": report.same, "compared": report.compared,
@@ -33,15 +37,15 @@ def run(args) -> int:
         })
         return EXIT_OK if report.same else EXIT_FAILED
     for name in report.missing:
-        print(f"missing     {name}  (only in {args.a})")
+        print(f"missing     {printable(name)}  (only in {printable(args.a)})")
     for name in report.unexpected:
-        print(f"unexpected  {name}  (only in {args.b})")
+        print(f"unexpected  {printable(name)}  (only in {printable(args.b)})")
     for name, (x, y) in report.mismatched.items():
-        print(f"mismatched  {name}: {x} vs {y}")
+        print(f"mismatched  {printable(name)}: {x} vs {y}")
     for name, (d, r) in report.differing.items():
         detail = ("values differ" if math.isnan(d) and math.isnan(r)
                   else f"max abs diff {d:.6g}, max rel diff {r:.6g}")
-        print(f"differs     {name}: {detail}")
+        print(f"differs     {printable(name)}: {detail}")
     if report.same:
         print(f"same: {plural(report.compared, 'tensor')} compared")
         return EXIT_OK
@@ -68,3 +72,4 @@ def add_parser(sub) -> None:
     diff.add_argument("--rtol", type=tolerance_arg, default=0.0, metavar="X",
                       help="tolerance relative to |b| (default: 0)")
     diff.add_argument("--json", action="store_true", help="print JSON instead of text")
+    diff.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-import fnmatch
-
-import tfshard
-
 from ._common import (
     EXIT_OK,
     PATH_HELP,
     add_command,
+    add_ema_option,
+    add_skip_option,
     add_write_options,
+    print_ema,
     print_written,
     progress,
+    report_json,
 )
 
 
 def run(args) -> int:
     from tfshard import conversion
-    from tfshard.formats import open_source
 
-    if args.patterns:
-        # A pattern that matches nothing is most likely a typo: say so rather than write
-        # an empty file.
-        with open_source(args.path) as source:
-            names = source.names()
-        unmatched = [p for p in args.patterns
-                     if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-        if unmatched:
-            raise tfshard.TensorNotFoundError(
-                f"no tensor of {args.path} matches {', '.join(map(repr, unmatched))} "
-                f"('tfshard ls' lists them)")
     report = conversion.extract(args.path, args.output, args.patterns, fmt=args.format,
-                                overwrite=args.overwrite, progress=progress(args))
+                                prefer_ema=args.prefer_ema, overwrite=args.overwrite,
+                                progress=False if args.json else progress(args),
+                                skip_unsupported=args.skip_unsupported)
+    if args.json:
+        report_json(args.path, args.output, report)
+        return EXIT_OK
     print_written(args, report, "extracted")
+    if args.prefer_ema and not args.quiet:
+        print_ema(report)
     return EXIT_OK
 
 
@@ -46,7 +41,8 @@ def add_parser(sub) -> None:
         "are globs where '*' matches '/' too; a pattern that matches nothing is an error.",
         ["tfshard extract train/ckpt-100 -o weights.npz",
          "tfshard extract train/ckpt-100 'dense/*' -o dense.safetensors",
-         "tfshard extract train/ckpt-100 'bert/embeddings/*' -o emb/ --format npy"],
+         "tfshard extract train/ckpt-100 'bert/embeddings/*' -o emb/ --format npy",
+         "tfshard extract train/ckpt-100 -o weights.safetensors --prefer-ema"],
         extra_dest="patterns")
     extract.add_argument("path", metavar="PATH", help=PATH_HELP)
     extract.add_argument("patterns", metavar="PATTERN", nargs="*",
@@ -55,4 +51,8 @@ def add_parser(sub) -> None:
                          help="the output file or (npy) directory")
     extract.add_argument("--format", choices=("npz", "safetensors", "npy"),
                          help="output format (default: told by OUT's name)")
+    add_ema_option(extract)
+    add_skip_option(extract)
+    extract.add_argument("--json", action="store_true",
+                         help="print what was written as JSON instead of text")
     add_write_options(extract)

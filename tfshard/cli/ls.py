@@ -6,6 +6,8 @@ import fnmatch
 import json
 import sys
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     PATH_HELP,
@@ -45,14 +47,15 @@ def run(args) -> int:
         out.write("\n")
         return EXIT_OK
     shapes = [shape_text(i.shape) for i in infos]
-    w0 = max([4] + [len(i.name) for i in infos])
+    names = [printable(i.name) for i in infos]
+    w0 = max([4] + [len(n) for n in names])
     w1 = max([5] + [len(i.dtype) for i in infos])
     w2 = max([5] + [len(s) for s in shapes])
     lines = [f"{'NAME':<{w0}}  {'DTYPE':<{w1}}  {'SHAPE':<{w2}}  SIZE"]
-    lines += [f"{i.name:<{w0}}  {i.dtype:<{w1}}  {s:<{w2}}  {human_bytes(i.nbytes)}"
-              for i, s in zip(infos, shapes)]
+    lines += [f"{n:<{w0}}  {i.dtype:<{w1}}  {s:<{w2}}  {human_bytes(i.nbytes)}"
+              for n, i, s in zip(names, infos, shapes)]
     lines.append(f"{len(infos)} tensors, {human_bytes(total)} in {_where(listing)}: "
-                 f"{listing.path}")
+                 f"{printable(listing.path)}")
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -76,14 +79,14 @@ def _run_tree(args) -> int:
             doc["outside_tree"] = tree.outside["children"]
         dump_json(doc)
         return EXIT_OK
-    lines = [str(tree.path)] + _tree_lines(tree.root, args.keys)
+    lines = [printable(tree.path)] + _tree_lines(tree.root, args.keys)
     if tree.outside is not None and tree.outside["children"]:
         lines.append("(tensors no object path names)")
         lines += _tree_lines(tree.outside, args.keys)
     what = (f"object graph of {plural(tree.objects, 'object')}" if tree.kind == "object_graph"
             else "name scopes")
     lines.append(f"{plural(len(tree.tensors), 'tensor')}, {human_bytes(tree.total_bytes)} in "
-                 f"{_where(tree)} ({what}): {tree.path}")
+                 f"{_where(tree)} ({what}): {printable(tree.path)}")
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -101,9 +104,9 @@ def _tree_lines(root, show_keys: bool) -> list:
     stack = [(child, "", i == len(kids) - 1) for i, child in enumerate(kids)][::-1]
     while stack:
         entry, indent, is_last = stack.pop()
-        head = indent + (last if is_last else tee) + entry["name"]
+        head = indent + (last if is_last else tee) + printable(entry["name"])
         if "ref" in entry:
-            head += f" -> {entry['ref'] or '(root)'}"
+            head += f" -> {printable(entry['ref'] or '(root)')}"
         rows.append((head, _columns(entry, show_keys) if "key" in entry else None))
         kids = entry.get("children") or []
         below = indent + (blank if is_last else bar)
@@ -140,9 +143,9 @@ def _columns(entry, show_keys: bool) -> list:
     if slot_of and slot_of["kind"] != "reference":  # a reference slot sits under its variable
         cols.append(f"({slot_of['slot']} slot of {slot_of['variable']})")
     if show_keys:
-        cols.append(f"key: {entry['key']}")
+        cols.append(f"key: {printable(entry['key'])}")
         if entry.get("full_name"):
-            cols.append(f"name: {entry['full_name']}")
+            cols.append(f"name: {printable(entry['full_name'])}")
     return cols
 
 

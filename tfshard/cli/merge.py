@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     FORMATS,
@@ -27,7 +29,7 @@ def run(args) -> int:
         print(f"{plural(len(report.dropped), 'conflicting tensor')} dropped "
               f"(--on-conflict {args.on_conflict} keeps the {kept} source's):")
         for entry in report.dropped:
-            print(f"  {entry}")
+            print(f"  {printable(entry)}")
     return EXIT_OK
 
 

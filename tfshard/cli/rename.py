@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     PATH_HELP,
@@ -26,10 +28,10 @@ def run(args) -> int:
                     "dry_run": args.dry_run, "renamed": changed, "unchanged": unchanged})
         return EXIT_OK
     for old, new in changed.items():
-        print(f"{old} -> {new}")
+        print(f"{printable(old)} -> {printable(new)}")
     if args.all:
         for name in unchanged:
-            print(f"{name} (unchanged)")
+            print(f"{printable(name)} (unchanged)")
     where = "nothing written (--dry-run)" if args.dry_run else f"written to {args.output}"
     print(f"{plural(len(changed), 'tensor')} renamed, {len(unchanged)} unchanged; {where}")
     return EXIT_OK

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from tfshard._util import printable
+
 from ._common import EXIT_OK, FORMATS, PATH_HELP, add_command, dump_json, json_float, shape_text
 
 
@@ -32,7 +34,7 @@ def run(args) -> int:
                                 for k, v in stats.items()}
             dump_json(doc)
             return EXIT_OK
-        print(f"{args.name}: {dtype} {shape_text(shape)}")
+        print(f"{printable(args.name)}: {dtype} {shape_text(shape)}")
         if args.stats:
             if stats is None:
                 print(f"no statistics for {dtype} tensors ({array.size} elements)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tfshard._util import printable
+
 from ._common import (
     EXIT_OK,
     PATH_HELP,
@@ -31,7 +33,7 @@ def run(args) -> int:
                     "saved_bytes": saved, "kept_bytes": kept_bytes})
         return EXIT_OK
     for name in dropped:
-        print(f"drop {name} ({human_bytes(sizes[name])})")
+        print(f"drop {printable(name)} ({human_bytes(sizes[name])})")
     if not dropped:
         print("no optimizer state found")
     where = "nothing written (--dry-run)" if args.dry_run else f"written to {args.output}"

@@ -1,9 +1,12 @@
-"""``tfshard verify``: check every checksum and index entry of a TF checkpoint, and with
-``--graph`` (or for a SavedModel directory) whether it holds what the graph restores."""
+"""``tfshard verify``: check every checksum and index entry of a TF checkpoint (or the
+checksums tfshard records in a safetensors file), and with ``--graph`` (or for a
+SavedModel directory) whether it holds what the graph restores."""
 
 from __future__ import annotations
 
 import os
+
+from tfshard._util import printable
 
 from ._common import (
     EXIT_FAILED,
@@ -30,24 +33,27 @@ def run(args) -> int:
         check = check_restore(graph, args.path, tags=args.tags)
     ok = report.ok and (check is None or check.ok)
     if args.json:
-        doc = {"path": args.path, "ok": ok, "checked": report.checked,
+        doc = {"path": report.path, "ok": ok, "checked": report.checked,
                "nbytes": report.nbytes,
                "problems": [{"name": n, "message": m} for n, m in report.problems],
-               "notes": list(report.notes)}
+               "notes": list(report.notes), "missing_files": report.missing_files}
         if check is not None:
             doc["graph"] = _check_json(check)
         dump_json(doc)
         return EXIT_OK if ok else EXIT_FAILED
     for name, message in report.problems:
-        print(f"BAD  {name}: {message}")
+        print(f"BAD  {printable(name)}: {printable(message)}")
     for note in report.notes:
         print(f"note: {note}")
     if report.ok:
         print(f"OK: {plural(report.checked, 'tensor')} ({human_bytes(report.nbytes)}) "
-              f"checked: {args.path}")
+              f"checked: {report.path}")
     else:
-        print(f"FAILED: {len(report.problems)} of {plural(report.checked, 'tensor')} bad: "
-              f"{args.path}")
+        missing = len(report.missing_files)
+        bad = f"{len(report.problems) - missing} of {plural(report.checked, 'tensor')} bad"
+        if missing:
+            bad = f"{plural(missing, 'data file')} missing, {bad}"
+        print(f"FAILED: {bad}: {report.path}")
     if check is not None:
         _print_check(check)
     return EXIT_OK if ok else EXIT_FAILED
@@ -65,11 +71,11 @@ def _check_json(check) -> dict:
 
 def _print_check(check) -> None:
     for key, variables in check.missing:
-        print(f"MISSING   {key} (for {', '.join(variables) or '?'})")
+        print(f"MISSING   {printable(key)} (for {', '.join(map(printable, variables)) or '?'})")
     for m in check.mismatched:
-        print(f"MISMATCH  {m.message}")
+        print(f"MISMATCH  {printable(m.message)}")
     for key in check.unused:
-        print(f"UNUSED    {key}")
+        print(f"UNUSED    {printable(key)}")
     for note in check.notes:
         print(f"note: {note}")
     counts = f"{plural(len(check.expected), 'tensor')} the graph restores ({check.source})"
@@ -85,18 +91,21 @@ def add_parser(sub) -> None:
         sub, "verify", run, "check every checksum of a TF checkpoint",
         "Read every tensor of a TensorFlow checkpoint and check its CRC-32C and index entry, "
         "reporting every bad tensor (not just the first) and notes about the checkpoint as a "
-        "whole. With --graph (and for a SavedModel directory, against its own graph), also "
-        "check that the checkpoint holds every tensor the graph's Saver restores (or, for a "
-        "TF2 SavedModel, every variable of its object graph) with the dtype and shape the "
-        "graph expects, listing the missing, mismatched and unused ones. Exit status 1 when "
-        "anything is wrong.",
+        "whole. A .safetensors file (or .safetensors.index.json) is checked against the "
+        "CRC-32C of each tensor that tfshard records in its metadata. With --graph (and for "
+        "a SavedModel directory, against its own graph), also check that the checkpoint "
+        "holds every tensor the graph's Saver restores (or, for a TF2 SavedModel, every "
+        "variable of its object graph) with the dtype and shape the graph expects, listing "
+        "the missing, mismatched and unused ones. Exit status 1 when anything is wrong.",
         ["tfshard verify train/ckpt-100",
          "tfshard verify train/ --json",
+         "tfshard verify model.safetensors",
          "tfshard verify train/model.ckpt-100 --graph train/model.ckpt-100.meta",
          "tfshard verify export/1/"])
     verify.add_argument("path", metavar="PATH",
                         help="checkpoint prefix, its .index file, a data shard, a directory "
-                             "with a 'checkpoint' state file, or a SavedModel directory")
+                             "with a 'checkpoint' state file or a SavedModel directory; or a "
+                             ".safetensors file")
     verify.add_argument("--graph", metavar="GRAPH",
                         help="a .meta file, saved_model.pb or SavedModel directory whose "
                              "variables the checkpoint must hold")

@@ -38,7 +38,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ..errors import CheckpointNotFoundError, InvalidTensorError, UnsupportedError
+from .._util import write_failed
+from ..errors import CheckpointNotFoundError, InvalidTensorError, TFShardError, UnsupportedError
 from . import _base, _numpy
 from ..objectgraph import serialized_graph
 from ._base import (
@@ -49,21 +50,23 @@ from ._base import (
     _check_plan,
     _fspath,
     detect_format,
+    read_errors,
+    unsupported,
 )
 from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
-from ._safetensors import _SafetensorsSink, _SafetensorsSource
+from ._safetensors import CHECKSUM_KEY, _SafetensorsSink, _SafetensorsSource
 from ._tf import _TFSink, _TFSource
 from ._torch import _TorchSink, _TorchSource
 
 __all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink",
-           "TensorListing", "list_tensors"]
+           "TensorListing", "list_tensors", "unsupported", "CHECKSUM_KEY"]
 
 # Private helpers the tests reach through this module (``formats._npy_filenames``).
 _is_plain_filename = _base._is_plain_filename
 _npy_filenames = _numpy._npy_filenames
 
 
-def open_source(path, fmt: str | None = None) -> Source:
+def open_source(path, fmt: str | None = None, *, verify: bool = True) -> Source:
     """Open a model for reading, tensor by tensor.
 
     Parameters
@@ -72,6 +75,10 @@ def open_source(path, fmt: str | None = None) -> Source:
         The model (see :func:`detect_format` for the forms each format takes).
     fmt : str, optional
         One of :data:`FORMATS`; told from ``path`` when omitted.
+    verify : bool
+        Check checksums when tensors are read: a TF checkpoint's CRC-32C of each
+        tensor, and those tfshard records in a safetensors file's metadata
+        (:data:`CHECKSUM_KEY`).  Other formats have none.
 
     Returns
     -------
@@ -87,10 +94,16 @@ def open_source(path, fmt: str | None = None) -> Source:
     UnsupportedError
         If the format is unknown, or (torch) torch is not installed or the file
         holds objects other than tensors and containers.
+    ChecksumMismatchError
+        From ``read``, when ``verify`` is set and a tensor's bytes do not match
+        their recorded checksum.
     """
     path = _fspath(path)
     fmt = detect_format(path) if fmt is None else _check_format(fmt)
-    return _SOURCES[fmt](path)
+    with read_errors(path, f"the {fmt} model"):
+        if fmt in ("tf", "safetensors"):
+            return _SOURCES[fmt](path, verify=bool(verify))
+        return _SOURCES[fmt](path)
 
 
 class TensorListing(NamedTuple):
@@ -160,7 +173,7 @@ _SOURCES = {"tf": _TFSource, "safetensors": _SafetensorsSource, "npz": _NpzSourc
 
 
 def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | None = None,
-                overwrite: bool = False) -> Sink:
+                overwrite: bool = False, metadata: dict | None = None) -> Sink:
     """Start writing a model.
 
     Parameters
@@ -186,6 +199,11 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
     overwrite : bool
         Replace an existing output at commit.  A directory is only replaced if
         it holds an npy output; stale shards of an older sharding are removed.
+    metadata : dict of str to str, optional
+        The ``__metadata__`` of a safetensors output (every file of it), e.g.
+        ``{"format": "pt"}``, which transformers expects of files meant for
+        torch.  tfshard adds :data:`CHECKSUM_KEY` itself (a value given for it
+        is replaced).  Other formats have no place for metadata and ignore it.
 
     Returns
     -------
@@ -213,7 +231,20 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
             raise UnsupportedError(f"max_shard_size applies to tf and safetensors outputs, "
                                    f"not {fmt}", path=path)
     checked = _check_plan(plan, fmt, path)
-    return _SINKS[fmt](path, checked, max_shard_size=max_shard_size, overwrite=bool(overwrite))
+    extra = {}
+    if fmt == "safetensors":
+        if metadata is not None and not (isinstance(metadata, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            raise InvalidTensorError(f"safetensors metadata maps strings to strings, got "
+                                     f"{metadata!r}", path=path)
+        extra["metadata"] = metadata
+    try:
+        return _SINKS[fmt](path, checked, max_shard_size=max_shard_size,
+                           overwrite=bool(overwrite), **extra)
+    except OSError as exc:  # the sink removed what it had created
+        if isinstance(exc, TFShardError):
+            raise
+        raise write_failed(exc, path, f"creating the {fmt} output") from None
 
 
 _SINKS = {"tf": _TFSink, "safetensors": _SafetensorsSink, "npz": _NpzSink, "npy": _NpySink,

@@ -7,19 +7,22 @@ dispatches to them."""
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import difflib
 import glob
 import json
 import os
+from typing import TypeVar
 
 from .. import dtypes
+from .._util import discard_file, open_regular, read_error, write_failed
 from ..errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidTensorError,
     OutputExistsError,
     TensorNotFoundError,
+    TFShardError,
     UnsupportedError,
     WriterClosedError,
 )
@@ -202,10 +205,20 @@ def _missing_file(path: str, what: str):
 
 
 def _open_binary(path: str, what: str):
+    """A regular file opened for reading (a FIFO or device is refused without
+    blocking); every failure a TFShardError (errno kept)."""
+    return open_regular(path, what, missing=f"{what} {path} does not exist or is not a file")
+
+
+@contextlib.contextmanager
+def read_errors(path: str, what: str):
+    """Turn an OSError escaping a read of ``path`` into a TFShardError."""
     try:
-        return builtins.open(path, "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise _missing_file(path, what) from None
+        yield
+    except OSError as exc:
+        if isinstance(exc, TFShardError):
+            raise
+        raise read_error(exc, path, what) from None
 
 
 def _read_json(path: str, what: str, limit: int):
@@ -231,6 +244,10 @@ def _is_plain_filename(name) -> bool:
 
 
 # ---- reading ------------------------------------------------------------------------
+
+_Source = TypeVar("_Source", bound="Source")
+_Sink = TypeVar("_Sink", bound="Sink")
+
 
 class Source:
     """A model opened for reading, one tensor at a time.  Create with :func:`open_source`.
@@ -286,7 +303,8 @@ class Source:
             If the tensor has a dtype TF has no type for.
         """
         self._check_open()
-        return self._info(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._info(name)
 
     def nbytes(self, name: str) -> int:
         """Bytes of tensor ``name``'s data as stored (what reading it touches).
@@ -297,7 +315,8 @@ class Source:
             If there is no such tensor.
         """
         self._check_open()
-        return self._nbytes(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._nbytes(name)
 
     def read(self, name: str):
         """Read tensor ``name``.
@@ -320,7 +339,8 @@ class Source:
             If the tensor has a dtype TF has no type for.
         """
         self._check_open()
-        return self._read(name)
+        with read_errors(self.path, f"the {self.format} model"):
+            return self._read(name)
 
     def release(self, name: str) -> None:
         """Let the memory that reading ``name`` mapped in go (after the caller is
@@ -378,7 +398,7 @@ class Source:
     def __contains__(self, name) -> bool:
         return name in set(self.names())
 
-    def __enter__(self):
+    def __enter__(self: _Source) -> _Source:
         return self
 
     def __exit__(self, *exc):
@@ -441,18 +461,24 @@ def _check_plan(plan, fmt: str, path: str) -> dict:
         if any(d < 0 for d in shape):
             raise InvalidTensorError(f"tensor {name!r}: negative dimension in {list(shape)}",
                                      key=name)
-        if not _holds(fmt, dt.name):
-            can = [f for f in FORMATS if _holds(f, dt.name)]
-            raise UnsupportedError(
-                f"tensor {name!r} is {dt.name}, which the {fmt} format cannot hold; write it to "
-                f"{' or '.join(can)}, cast it, or leave it out (nothing was written)",
-                path=path, key=name)
-        problem = _NAME_RULES.get(fmt, lambda n: None)(name)
+        problem = unsupported(fmt, name, dt.name)
         if problem:
-            raise UnsupportedError(f"tensor name {name!r} cannot be stored in {fmt}: {problem} "
-                                   f"(nothing was written)", path=path, key=name)
+            raise UnsupportedError(f"{problem} (nothing was written)", path=path, key=name)
         out[name] = (dt, shape)
     return out
+
+
+def unsupported(fmt: str, name: str, dtype_name: str) -> str | None:
+    """Why format ``fmt`` cannot store tensor ``name`` of TF dtype ``dtype_name``, or None
+    when it can."""
+    if not _holds(fmt, dtype_name):
+        can = [f for f in FORMATS if _holds(f, dtype_name)]
+        return (f"tensor {name!r} is {dtype_name}, which the {fmt} format cannot hold; write "
+                f"it to {' or '.join(can)}, cast it, or leave it out")
+    problem = _NAME_RULES.get(fmt, lambda n: None)(name)
+    if problem:
+        return f"tensor name {name!r} cannot be stored in {fmt}: {problem}"
+    return None
 
 
 def _has_surrogates(name: str) -> bool:
@@ -518,6 +544,11 @@ class Sink:
     """
 
     format = ""
+    _on_write = None
+    #: Whether the format's bytes are written at :meth:`commit` rather than by
+    #: :meth:`add` (torch files); a progress display then counts them through the
+    #: ``on_write`` callback of :meth:`commit`.
+    writes_at_commit = False
 
     def __init__(self, path: str, plan: dict, *, max_shard_size, overwrite: bool):
         self.path = path
@@ -560,11 +591,30 @@ class Sink:
         if dtype is not None and dtype != dt.name:
             raise InvalidTensorError(f"tensor {name!r} is planned as {dt.name} but added as "
                                      f"{dtype}", path=self.path, key=name)
-        self._write(name, dt, shape, array)
+        with self._writing(f"writing tensor {name!r}"):
+            self._write(name, dt, shape, array)
         self._added.add(name)
 
-    def commit(self) -> list:
+    @contextlib.contextmanager
+    def _writing(self, doing: str):
+        """A failed write aborts the output (nothing of it is kept; what was at the
+        path stays) and raises WriteFailedError naming the output and ``doing``."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            if isinstance(exc, TFShardError):
+                raise
+            raise write_failed(exc, self.path, doing) from None
+
+    def commit(self, on_write=None) -> list:
         """Finish the output and move it into place.
+
+        Parameters
+        ----------
+        on_write : callable, optional
+            Called with a number of bytes as the commit writes them (only formats
+            that write at commit, see :attr:`writes_at_commit`, call it).
 
         Returns
         -------
@@ -587,7 +637,9 @@ class Sink:
                     f"{len(missing)} planned tensor(s) were never added ({listed}"
                     f"{', ...' if len(missing) > 5 else ''}); nothing was written to {self.path}",
                     path=self.path)
-            files = self._commit()
+            self._on_write = on_write
+            with self._writing(f"finishing the {self.format} output"):
+                files = self._commit()
         except BaseException:
             self.abort()
             raise
@@ -651,7 +703,7 @@ class Sink:
                                          f"{exc}", path=self.path, key=name) from None
         return arr
 
-    def __enter__(self):
+    def __enter__(self: _Sink) -> _Sink:
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -684,8 +736,25 @@ def _check_file_output(sink: Sink, path: str, overwrite: bool):
 
 def _install_file(sink: Sink, temp: str, path: str) -> str:
     """Rename a finished temporary file into place (refusing to replace an output
-    that appeared meanwhile unless overwriting)."""
+    that appeared meanwhile unless overwriting).
+
+    The rename replaces the old file atomically.  A hard link to the old file
+    is made first, so the rename only drops a name and the old file's blocks
+    are freed by deleting that link afterwards, outside the replacement (where
+    the file system has no hard links, the rename frees them itself).
+    """
     if not sink.overwrite and os.path.lexists(path):
         raise sink._exists_error(path)
-    os.replace(temp, path)
+    keep = None
+    if os.path.isfile(path) and not os.path.islink(path):
+        keep = f"{temp}.old"
+        try:
+            os.link(path, keep)
+        except OSError:
+            keep = None
+    try:
+        os.replace(temp, path)
+    finally:
+        if keep is not None:
+            discard_file(keep)
     return path

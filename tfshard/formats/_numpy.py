@@ -17,10 +17,12 @@ import shutil
 import struct
 import unicodedata
 import zipfile
+import zlib
 
-from .._util import close_map, remove_file, temp_name
+from .._util import close_map, create_exclusive, exchange_paths, remove_file, temp_name, write_all
 from ..errors import (
     CheckpointNotFoundError,
+    ChecksumMismatchError,
     CorruptCheckpointError,
     OutputExistsError,
     UnsupportedError,
@@ -160,8 +162,10 @@ def _zip_errors(path: str, doing: str, name=None, where=None):
         raise UnsupportedError(f"{where or path}: {doing}: {exc}", path=path,
                                key=name) from None
     except Exception as exc:
-        raise CorruptCheckpointError(f"{where or path}: {doing}: {type(exc).__name__}: {exc}",
-                                     path=path, key=name) from None
+        # zipfile checks a compressed member's CRC-32 as it reads it to the end.
+        cls = ChecksumMismatchError if "CRC" in str(exc) else CorruptCheckpointError
+        raise cls(f"{where or path}: {doing}: {type(exc).__name__}: {exc}",
+                  path=path, key=name) from None
 
 
 class _NpyFilesSource(Source):
@@ -198,6 +202,7 @@ class _NpzSource(_NpyFilesSource):
                     self.skipped.append((zi.filename, "not an .npy member"))
             self._sorted = sorted(self._members)
             self._headers: dict = {}
+            self._crc_checked: set = set()
             if self._size:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
@@ -251,6 +256,9 @@ class _NpzSource(_NpyFilesSource):
         zi = self._members[name]
         start = self._stored_start(zi)
         if start is not None:
+            if name not in self._crc_checked:
+                self._check_crc(zi, start)
+                self._crc_checked.add(name)
             return _npy_array(self._map, start + h.data_offset, h)
         where = f"{self.path}:{zi.filename}"
         with _zip_errors(self.path, "cannot read member", name, where):
@@ -262,6 +270,17 @@ class _NpzSource(_NpyFilesSource):
             raise CorruptCheckpointError(f"{where}: member data is truncated", path=self.path,
                                          key=name)
         return _npy_array(data, 0, h)
+
+    def _check_crc(self, zi, start: int):
+        """A stored member's CRC-32, as zipfile checks it for compressed ones (which
+        are read through it): once per member, on its first read."""
+        computed = zlib.crc32(memoryview(self._map)[start:start + zi.file_size]) \
+            if zi.file_size else 0
+        if computed != zi.CRC:
+            raise ChecksumMismatchError(
+                f"{self.path}:{zi.filename}: the member's CRC-32 does not match its bytes "
+                f"(stored {zi.CRC:#010x}, computed {computed:#010x}); the archive is corrupt",
+                path=self.path, key=zi.filename, offset=start)
 
     def _close(self):
         if self._zip is not None:
@@ -343,7 +362,7 @@ class _NpzSink(Sink):
         self._created_dirs = _make_dirs(os.path.dirname(path))
         self._temp = temp_name(path)
         try:
-            self._file = builtins.open(self._temp, "xb+")
+            self._file = os.fdopen(create_exclusive(self._temp), "w+b")
             self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
         except BaseException:
             self.abort()
@@ -382,6 +401,25 @@ class _NpzSink(Sink):
 
 
 # ---- npy directories ---------------------------------------------------------------
+
+def _write_npy(fd: int, arr) -> None:
+    """An .npy file of ``arr`` (numpy's own header, then the bytes) with every write
+    checked, which ``numpy.save`` does not report with an errno."""
+    import numpy as np
+
+    header = io.BytesIO()
+    meta = np.lib.format.header_data_from_array_1_0(arr)
+    try:
+        np.lib.format.write_array_header_1_0(header, meta)
+    except ValueError:  # a header too long for version 1.0
+        header = io.BytesIO()
+        np.lib.format.write_array_header_2_0(header, meta)
+    write_all(fd, header.getvalue())
+    # A Fortran-ordered array is stored in its memory order, as numpy does.
+    data = arr.T if meta["fortran_order"] else np.ascontiguousarray(arr)
+    if data.size:
+        write_all(fd, data.reshape(-1).view(np.uint8))
+
 
 # Names Windows reserves whatever the extension; a file may not be called so.
 _WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(10)}
@@ -487,11 +525,12 @@ class _NpySink(Sink):
                 f"{_NAMES_FILE}); it is not replaced, even with overwrite=True", path=path)
 
     def _write(self, name, dt, shape, array):
-        import numpy as np
-
         arr = self._array(name, dt, shape, array)
-        with builtins.open(os.path.join(self._temp, self._files[name]), "xb") as f:
-            np.lib.format.write_array(f, arr, allow_pickle=False)
+        fd = create_exclusive(os.path.join(self._temp, self._files[name]))
+        try:
+            _write_npy(fd, arr)
+        finally:
+            os.close(fd)
 
     def _commit(self):
         table = {file: name for name, file in self._files.items()}
@@ -501,14 +540,20 @@ class _NpySink(Sink):
         self._check_target()
         old = None
         if os.path.lexists(self.path):
-            old = temp_name(self.path)
-            os.rename(self.path, old)
-        try:
+            if exchange_paths(self._temp, self.path):
+                # Swapped in one step: the path never lacked a complete output.
+                old, self._temp = self._temp, None
+            else:
+                old = temp_name(self.path)
+                os.rename(self.path, old)
+                try:
+                    os.rename(self._temp, self.path)
+                except BaseException:
+                    os.rename(old, self.path)
+                    raise
+        else:
             os.rename(self._temp, self.path)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.path)
-            raise
+        self._temp = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return [os.path.join(self.path, _NAMES_FILE)] + [

@@ -5,7 +5,6 @@ header out from the plan and puts each tensor's bytes straight into place."""
 
 from __future__ import annotations
 
-import builtins
 import glob
 import json
 import mmap
@@ -13,10 +12,22 @@ import os
 import re
 import sys
 
+import crc32c
+
 from .. import dtypes
-from .._util import atomic_write, close_map, drop_pages, remove_file, temp_name
+from .. import _commit
+from .._util import (
+    close_map,
+    create_exclusive,
+    drop_pages,
+    remove_file,
+    temp_name,
+    write_all,
+    write_temp,
+)
 from ..errors import (
     CheckpointNotFoundError,
+    ChecksumMismatchError,
     CorruptCheckpointError,
     OutputExistsError,
     UnsupportedError,
@@ -43,6 +54,13 @@ from ._base import (
 # The safetensors library refuses headers above this size; so do we, which
 # also bounds what a hostile length field makes us read.
 _ST_MAX_HEADER = 100_000_000
+
+#: The ``__metadata__`` key under which tfshard records every tensor's CRC-32C:
+#: its value is a JSON object (as a string, since metadata values are strings)
+#: mapping each tensor name of the file to the CRC-32C (Castagnoli, unmasked) of
+#: the tensor's bytes as stored in the file, as 8 lowercase hex digits.
+CHECKSUM_KEY = "tfshard.crc32c"
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
 
 
 class _STEntry:
@@ -78,6 +96,7 @@ class _STFile:
             self.data_start = 8 + length
             self.size = size
             self.metadata, self.entries = _parse_st_header(raw, path, self, size - 8 - length)
+            self.crcs = _parse_checksums(self.metadata, self.entries, path)
             self.buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def close(self):
@@ -152,6 +171,25 @@ def _parse_st_header(raw: bytes, path: str, file, data_size: int):
     return metadata or {}, entries
 
 
+def _parse_checksums(metadata: dict, entries: dict, path: str) -> dict:
+    """``{tensor name: CRC-32C}`` from a header's :data:`CHECKSUM_KEY` (``{}`` when
+    there is none).  Entries for tensors the file does not hold are ignored: a tool
+    that dropped tensors but kept the metadata leaves nothing wrong to check."""
+    text = metadata.get(CHECKSUM_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text)
+    except (ValueError, RecursionError):
+        table = None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, str) and _CRC_RE.fullmatch(v) for v in table.values()):
+        raise CorruptCheckpointError(
+            f"{path}: __metadata__[{CHECKSUM_KEY!r}] is not a JSON object of tensor names to "
+            f"8-digit lowercase hex CRC-32C values", path=path, key=CHECKSUM_KEY, offset=8)
+    return {name: int(v, 16) for name, v in table.items() if name in entries}
+
+
 def _safetensors_inputs(path: str):
     """The files of a (possibly sharded) safetensors model and its weight map
     (None when there is no index file)."""
@@ -203,10 +241,12 @@ class _SafetensorsSource(Source):
 
     format = "safetensors"
 
-    def __init__(self, path):
+    def __init__(self, path, *, verify: bool = True):
         super().__init__(path)
         self._files: list = []
         self._entries: dict = {}
+        self.verify = verify
+        self._verified: set = set()
         try:
             paths, weight_map = _safetensors_inputs(path)
             opened = {}
@@ -274,8 +314,6 @@ class _SafetensorsSource(Source):
             raise UnsupportedError(f"tensor {name!r} has rank {len(e.shape)}; numpy allows 64",
                                    path=e.file.path, key=name)
         count = prod(e.shape)
-        if count == 0:
-            return _empty(e.shape, dt.numpy, e.file.path, name)
         f = e.file
         start = f.data_start + e.begin
         # A file truncated after it was mapped would fault (SIGBUS) when a view
@@ -286,10 +324,30 @@ class _SafetensorsSource(Source):
                 f"{f.path} is {current} bytes, but tensor {name!r} needs bytes "
                 f"[{start}, {f.data_start + e.end}) (the file was truncated)",
                 path=f.path, key=name, offset=start)
+        if self.verify and name in f.crcs and name not in self._verified:
+            self._check_crc(name, e, start)
+        if count == 0:
+            return _empty(e.shape, dt.numpy, e.file.path, name)
         arr = np.frombuffer(f.buffer, dtype=dt.numpy, count=count, offset=start)
         if sys.byteorder == "big" and dt.swap:
             arr = _byteswapped(arr, dt)
         return arr.reshape(e.shape)
+
+    @property
+    def checksummed(self) -> set:
+        """The tensors whose CRC-32C the files record (:data:`CHECKSUM_KEY`)."""
+        return {name for name, e in self._entries.items() if name in e.file.crcs}
+
+    def _check_crc(self, name, e, start):
+        f = e.file
+        with memoryview(f.buffer) as whole, whole[start:f.data_start + e.end] as data:
+            crc = crc32c.crc32c(data)
+        if crc != f.crcs[name]:
+            raise ChecksumMismatchError(
+                f"{f.path}: tensor {name!r} has CRC-32C {crc:08x}, but the file's "
+                f"__metadata__ records {f.crcs[name]:08x} (the data changed after it was "
+                f"written)", path=f.path, key=name, offset=start)
+        self._verified.add(name)
 
     def _close(self):
         for f in self._files:
@@ -323,9 +381,10 @@ def _shard_groups(plan: dict, max_shard_size) -> list:
 
 
 class _STShard:
-    """One safetensors file being written: its header, and each tensor's offset."""
+    """One safetensors file being written: its header, each tensor's offset, and
+    where in the header each tensor's CRC-32C goes once its bytes are written."""
 
-    def __init__(self, final: str, names: list, plan: dict):
+    def __init__(self, final: str, names: list, plan: dict, metadata: dict):
         self.final = final
         self.path = temp_name(final)  # where it is until the commit renames it
         # Larger elements first: with the data section starting on a multiple of
@@ -340,13 +399,55 @@ class _STShard:
                             "data_offsets": [offset, offset + size]}
             self.offsets[name] = offset
             offset += size
-        raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        raw, crc_at = _header_bytes(header, metadata, ordered)
         raw += b" " * (-len(raw) % 8)
         self.data_start = 8 + len(raw)
         self.data_size = offset
-        with builtins.open(self.path, "xb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
+        self.crc_at = {name: 8 + at for name, at in crc_at.items()}  # file offsets
+        self.crcs: dict = {}
+        # Open (and locked as in use) until the commit has renamed it.
+        self.fd = create_exclusive(self.path)
+        try:
+            write_all(self.fd, len(raw).to_bytes(8, "little") + raw)
+        except BaseException:
+            self.close()
+            remove_file(self.path)
+            raise
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+_CRC_PLACEHOLDER = "0" * 8
+
+
+def _header_bytes(header: dict, metadata: dict, names: list):
+    """The JSON header: ``__metadata__`` first (``metadata`` plus a
+    :data:`CHECKSUM_KEY` entry holding a placeholder per tensor), then the
+    tensors.  Returns the bytes and, for each name, the byte offset of its
+    placeholder, which the commit overwrites with the tensor's CRC-32C (hex
+    digits need no JSON escaping, so the header's length never changes)."""
+    def dumps(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def escaped(text):  # ``text`` as it appears inside a JSON string
+        return dumps(text)[1:-1]
+
+    out = bytearray(b'{"__metadata__":{')
+    for key, value in metadata.items():
+        if key != CHECKSUM_KEY:
+            out += f"{dumps(key)}:{dumps(value)},".encode("utf-8")
+    out += f'{dumps(CHECKSUM_KEY)}:"'.encode("utf-8") + escaped("{").encode("utf-8")
+    crc_at = {}
+    for i, name in enumerate(names):
+        out += escaped(("," if i else "") + dumps(name) + ':"').encode("utf-8")
+        crc_at[name] = len(out)
+        out += escaped(_CRC_PLACEHOLDER + '"').encode("utf-8")
+    out += escaped("}").encode("utf-8") + b'"}'
+    out += (b"," + dumps(header)[1:].encode("utf-8")) if header else b"}"
+    return bytes(out), crc_at
 
 
 def _raw_bytes(arr):
@@ -372,9 +473,9 @@ class _SafetensorsSink(Sink):
     format = "safetensors"
     # Defaults for an abort() of a partly constructed sink.
     _shards: list = []
-    _handle = _handle_shard = None
+    _index_temp = None
 
-    def __init__(self, path, plan, *, max_shard_size, overwrite):
+    def __init__(self, path, plan, *, max_shard_size, overwrite, metadata=None):
         super().__init__(path, plan, max_shard_size=max_shard_size, overwrite=overwrite)
         low = path.lower()
         if low.endswith(_ST_INDEX_SUFFIX):
@@ -405,10 +506,11 @@ class _SafetensorsSink(Sink):
                                         f"file", path=p)
         self._shards = []
         self._where: dict = {}
+        self._index_temp = None
         self._created_dirs = _make_dirs(directory)
         try:
             for final, names in zip(finals, groups):
-                shard = _STShard(final, names, plan)
+                shard = _STShard(final, names, plan, metadata or {})
                 self._shards.append(shard)
                 for name in names:
                     self._where[name] = shard
@@ -427,25 +529,25 @@ class _SafetensorsSink(Sink):
     def _write(self, name, dt, shape, array):
         arr = self._array(name, dt, shape, array)
         shard = self._where[name]
-        if self._handle_shard is not shard:
-            self._close_handle()
-            self._handle = builtins.open(shard.path, "r+b")
-            self._handle_shard = shard
         # Tensors are laid out by element size, so a tensor's place need not
-        # follow the previous one's: seek there (holes are filled by later adds).
-        self._handle.seek(shard.data_start + shard.offsets[name])
+        # follow the previous one's: write there (holes are filled by later adds).
         if arr.nbytes:
-            self._handle.write(_raw_bytes(arr))
+            raw = _raw_bytes(arr)
+            shard.crcs[name] = crc32c.crc32c(raw)
+            write_all(shard.fd, raw, shard.data_start + shard.offsets[name])
+        else:
+            shard.crcs[name] = 0
 
-    def _close_handle(self):
-        if self._handle is not None:
-            handle, self._handle, self._handle_shard = self._handle, None, None
-            handle.close()
+    @staticmethod
+    def _write_checksums(shard):
+        """Each tensor's CRC-32C into its placeholder in the header."""
+        for name, at in shard.crc_at.items():
+            write_all(shard.fd, b"%08x" % shard.crcs[name], at)
 
     def _commit(self):
-        self._close_handle()
         for shard in self._shards:
-            size = os.path.getsize(shard.path)
+            self._write_checksums(shard)
+            size = os.fstat(shard.fd).st_size
             if size != shard.data_start + shard.data_size:  # every byte written exactly once
                 raise CorruptCheckpointError(
                     f"{shard.path} is {size} bytes after writing; expected "
@@ -454,29 +556,46 @@ class _SafetensorsSink(Sink):
             existing = [p for p in self._outputs(self._finals) if os.path.lexists(p)]
             if existing:
                 raise self._exists_error(existing[0])
-        # No index may describe a mix of old and new shards, even for a moment.
-        remove_file(self._old_index)
-        for shard in self._shards:
-            os.replace(shard.path, shard.final)
-            shard.path = shard.final  # abort() removes it from here until the index exists
         files = [s.final for s in self._shards]
-        if self._index is not None:
-            weight_map = {name: os.path.basename(self._where[name].final)
-                          for name in sorted(self._plan)}
-            total = sum(s.data_size for s in self._shards)
-            atomic_write(self._index, json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map},
-                indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
-            files.append(self._index)
-        for stale in self._outputs([]):
-            if stale not in files:
-                remove_file(stale)
+        stem = re.escape(os.path.basename(self._stem))
+        others = [os.path.basename(p) for p in (self._old_index, self._single) if p]
+        members = re.compile(f"(?:{stem}-\\d{{5}}-of-\\d{{5}}{re.escape(_ST_SUFFIX)}|"
+                             + "|".join(map(re.escape, others)) + ")$")
+        index_fd = -1
+        try:
+            if self._index is None:  # one file: it is the commit file itself
+                commit, commit_temp, moves = self._shards[0].final, self._shards[0].path, []
+            else:
+                weight_map = {name: os.path.basename(self._where[name].final)
+                              for name in sorted(self._plan)}
+                total = sum(s.data_size for s in self._shards)
+                commit = self._index
+                commit_temp, index_fd = write_temp(commit, json.dumps(
+                    {"metadata": {"total_size": total}, "weight_map": weight_map},
+                    indent=2, ensure_ascii=False).encode("utf-8") + b"\n",
+                    target=self.path, what="the index")
+                self._index_temp = commit_temp
+                moves = [(s.path, s.final) for s in self._shards]
+                files.append(self._index)
+            # The index (or the single file) is the commit point: an old output
+            # stays complete until it is replaced.
+            _commit.install(_commit.Layout(commit, members, lock=self._stem + ".safetensors" +
+                                           _commit.LOCK_SUFFIX),
+                            commit_temp, moves, target=self.path, what="the safetensors output")
+        finally:
+            if index_fd >= 0:
+                os.close(index_fd)
+        for shard in self._shards:
+            shard.path = shard.final
+            shard.close()
         return files
 
     def _abort(self):
-        self._close_handle()
         for shard in self._shards:
+            shard.close()
             remove_file(shard.path)
+        if self._index_temp is not None:
+            remove_file(self._index_temp)
 
 
 _SHARD_RE = re.compile(r".*-\d{5}-of-\d{5}" + re.escape(_ST_SUFFIX) + "$")

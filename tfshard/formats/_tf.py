@@ -18,10 +18,10 @@ class _TFSource(Source):
 
     format = "tf"
 
-    def __init__(self, path):
+    def __init__(self, path, *, verify: bool = True):
         from ..reader import Checkpoint
 
-        self._ckpt = Checkpoint(path)
+        self._ckpt = Checkpoint(path, verify=verify)
         super().__init__(self._ckpt.prefix)
         self._list = list(self._ckpt)
 

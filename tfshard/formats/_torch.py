@@ -5,13 +5,12 @@ output is not streaming (``torch.save`` writes one dict at commit)."""
 
 from __future__ import annotations
 
-import builtins
 import os
 import warnings
 from collections.abc import Mapping
 
 from .. import dtypes
-from .._util import remove_file, temp_name
+from .._util import create_exclusive, remove_file, temp_name
 from ..errors import CorruptCheckpointError, UnsupportedError
 from ._base import (
     _TORCH_TYPES,
@@ -20,7 +19,7 @@ from ._base import (
     _check_file_output,
     _install_file,
     _make_dirs,
-    _missing_file,
+    _open_binary,
 )
 
 
@@ -35,6 +34,37 @@ def _import_torch():
     return torch
 
 
+def tensor_to_numpy(t):
+    """A numpy array sharing the memory of the CPU tensor ``t`` (any strides), in the
+    numpy dtype tfshard uses for ``t``'s TF dtype (ml_dtypes' bfloat16 and float8
+    types, which numpy and torch.Tensor.numpy lack).  ``t`` must not need grad.
+
+    Raises KeyError when the dtype has no TF equivalent.
+    """
+    torch = _import_torch()
+    t = t.resolve_conj().resolve_neg()
+    dt = dtypes.by_name(str(t.dtype).replace("torch.", ""))
+    if _bits_only(dt.numpy):
+        return t.view(getattr(torch, f"uint{8 * dt.itemsize}")).numpy().view(dt.numpy)
+    return t.numpy()
+
+
+def numpy_to_tensor(arr):
+    """A CPU tensor sharing the memory of the writable numpy array ``arr`` (the
+    inverse of :func:`tensor_to_numpy`; torch names its dtypes as TF does)."""
+    torch = _import_torch()
+    if _bits_only(arr.dtype):
+        bits = torch.from_numpy(arr.view(f"u{arr.dtype.itemsize}"))
+        return bits.view(getattr(torch, arr.dtype.name))
+    return torch.from_numpy(arr)
+
+
+def _bits_only(dtype) -> bool:
+    """Whether numpy ``dtype`` is an ml_dtypes type (bfloat16, float8...), which torch
+    exchanges with numpy only as the raw bits of an unsigned integer of its size."""
+    return dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
 class _TorchSource(Source):
     """A ``torch.save``'d dict of tensors, loaded with ``weights_only=True`` (no
     arbitrary unpickling) and ``mmap=True`` (zero-copy, where the file is in
@@ -46,8 +76,9 @@ class _TorchSource(Source):
     def __init__(self, path):
         super().__init__(path)
         torch = _import_torch()
-        if not os.path.isfile(path):
-            raise _missing_file(path, "torch file")
+        # Checked (and refused if not a regular file) without blocking, before torch
+        # opens it by name.
+        _open_binary(path, "torch file").close()
         obj = self._load(torch, path)
         if not isinstance(obj, Mapping):
             raise UnsupportedError(f"{path} holds a {type(obj).__name__}; expected a dict of "
@@ -136,16 +167,7 @@ class _TorchSource(Source):
     def _read(self, name):
         import numpy as np
 
-        torch = _import_torch()
-        t = self._tensor(name).detach().resolve_conj().resolve_neg()
-        dt = dtypes.by_name(str(t.dtype).replace("torch.", ""))
-        if dt.name == "bfloat16":
-            arr = t.view(torch.int16).numpy().view(dt.numpy)
-        elif dt.name.startswith("float8"):
-            arr = t.view(torch.uint8).numpy().view(dt.numpy)
-        else:
-            arr = t.numpy()
-        arr = np.asarray(arr)
+        arr = np.asarray(tensor_to_numpy(self._tensor(name).detach()))
         arr.flags.writeable = False  # as every source's arrays: views of the file
         return arr
 
@@ -158,6 +180,7 @@ class _TorchSink(Sink):
     writes them all at once, so memory grows to the whole model."""
 
     format = "torch"
+    writes_at_commit = True
     _temp = None
 
     def __init__(self, path, plan, *, max_shard_size, overwrite):
@@ -169,25 +192,27 @@ class _TorchSink(Sink):
     def _write(self, name, dt, shape, array):
         import numpy as np
 
-        torch = self._torch
         arr = self._array(name, dt, shape, array)
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             # torch.from_numpy shares memory: a read-only map must not become a
             # writable tensor, and torch cannot take negative strides.
             arr = np.array(arr, order="C", copy=True)
-        if dt.name == "bfloat16":
-            t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-        elif dt.name.startswith("float8"):
-            t = torch.from_numpy(arr.view(np.uint8)).view(getattr(torch, dt.name))
-        else:
-            t = torch.from_numpy(arr)
-        self._tensors[name] = t
+        self._tensors[name] = numpy_to_tensor(arr)
 
     def _commit(self):
         self._created_dirs = _make_dirs(os.path.dirname(self.path))
         self._temp = temp_name(self.path)
-        with builtins.open(self._temp, "xb") as f:
-            self._torch.save({n: self._tensors[n] for n in self._plan}, f)
+        with os.fdopen(create_exclusive(self._temp), "wb") as f:
+            out = f if self._on_write is None else _CountingWriter(f, self._on_write)
+            try:
+                self._torch.save({n: self._tensors[n] for n in self._plan}, out)
+            except Exception as exc:
+                # torch reports a failed write() of its zip writer as a RuntimeError
+                # ("unexpected pos ..."), the OSError only in the exception chain.
+                cause = _os_error_in(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from None
+                raise
         self._tensors.clear()
         return [_install_file(self, self._temp, self.path)]
 
@@ -195,3 +220,29 @@ class _TorchSink(Sink):
         self._tensors.clear()
         if self._temp is not None:
             remove_file(self._temp)
+
+
+class _CountingWriter:
+    """A binary file that reports each write's size: torch.save has no progress hook."""
+
+    def __init__(self, file, on_write):
+        self._file, self._on_write = file, on_write
+
+    def write(self, data) -> int:
+        n = self._file.write(data)
+        self._on_write(n)
+        return n
+
+    def flush(self):
+        self._file.flush()
+
+
+def _os_error_in(exc):
+    """The first OSError in ``exc``'s chain of causes and contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
