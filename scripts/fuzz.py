@@ -22,7 +22,15 @@ Seeds (``--seeds``, default ``all``):
   packed values, repeated fields (shape dims, slice extents, tensors)
   duplicated, dropped, reordered or grafted elsewhere -- and re-encoded behind
   valid block checksums, so the mutations reach the V1 protobuf parsers.
-- ``all``: both.
+- ``graph``: the graph fixtures under tests/data/graph, ``.meta`` files
+  (MetaGraphDef) and ``saved_model.pb`` files (SavedModel), each with the
+  checkpoint beside it.  The graph file gets raw byte mutations, or is decoded
+  as protobuf and mutated field by field as V1 records are (nested messages
+  too: nodes, attributes, tensors, signatures, collections), then opened with
+  :func:`tfshard.graph.open` and walked through the whole API: summary and its
+  JSON, every node and Const value, functions, signatures, variables, the
+  object graph, risky ops and the restore check against the checkpoint.
+- ``all``: every seed.
 
 Cases run in a worker process, so a crash (SIGSEGV, SIGBUS, abort) is caught;
 the worker writes each case's number before running it, so the parent knows
@@ -37,6 +45,7 @@ Examples::
     scripts/fuzz.py --time 600                 # ten minutes, on demand
     scripts/fuzz.py --count 300 --seed 1       # a bounded run, as CI does
     scripts/fuzz.py --time 600 --seeds v1      # only the V1 (TensorSlice) seeds
+    scripts/fuzz.py --time 600 --seeds graph   # only the graph (.meta, SavedModel) seeds
     scripts/fuzz.py --replay tests/data/fuzz   # re-run saved findings
 
 Run it under the sanitizer build (scripts/sanitize.sh builds one) to catch
@@ -69,7 +78,18 @@ SEEDS = ["dtypes/ckpt", "strings/ckpt", "partitioned/model.ckpt", "sharded/model
 # tensor is split across both files, and a table of several blocks.
 V1_SEEDS = ["v1/dtypes/model.ckpt", "v1/misc/model.ckpt", "v1/partitioned/model.ckpt",
             "v1/sharded/model.ckpt", "v1/large/model.ckpt"]
-SEED_SETS = {"all": SEEDS + V1_SEEDS, "v2": SEEDS, "v1": V1_SEEDS}
+GRAPH_GOLDEN = ROOT / "tests" / "data" / "graph"
+# Graph seeds, named "graph/<path under tests/data/graph>": a TF1 Saver .meta (every
+# collection kind, v1 control flow, partitioned variables), a TF 0.12-style .meta (Variable
+# ops, RestoreSlice saver, SessionBundle signatures), a TF2 SavedModel (object graph,
+# functions, composite signature outputs) and a TF1 SavedModel builder export (two meta
+# graphs, sparse inputs, assets in an any_list).
+GRAPH_SEEDS = ["graph/tf1/model.ckpt-3.meta", "graph/legacy/export.meta",
+               "graph/tf2_module/saved_model.pb", "graph/builder/saved_model.pb"]
+SEED_SETS = {"all": SEEDS + V1_SEEDS + GRAPH_SEEDS, "v2": SEEDS, "v1": V1_SEEDS,
+             "graph": GRAPH_SEEDS}
+# A graph file is written as ckpt.meta or ckpt.pb (a SavedModel), beside checkpoint ckpt.
+GRAPH_SUFFIXES = {".meta": "meta_graph", ".pb": "saved_model"}
 INTERESTING = [0x00, 0x01, 0x7F, 0x80, 0xFF, 0xFE, 0x3A, 0x12, 0x08]
 # Integers for varint fields (dimensions, slice starts and lengths, dtype codes, lengths,
 # versions): boundaries of int32/int64/uint64, 2**62 and negatives (ten-byte varints).
@@ -87,9 +107,33 @@ def is_v1(name: str) -> bool:
     return name.startswith("v1/")
 
 
+def is_graph(name: str) -> bool:
+    """Whether seed ``name`` is a graph file (named "graph/...")."""
+    return name.startswith("graph/")
+
+
+def _graph_seed_files(name: str) -> dict:
+    """A graph seed: the graph (".meta" or ".pb") and its checkpoint's files."""
+    path = GRAPH_GOLDEN / name[len("graph/"):]
+    if path.suffix == ".meta":
+        out = {".meta": path.read_bytes()}
+        prefix = path.with_suffix("")
+    else:
+        out = {".pb": path.read_bytes()}
+        prefix = path.parent / "variables" / "variables"
+    for file in sorted(prefix.parent.glob(prefix.name + "*")):
+        suffix = file.name[len(prefix.name):]
+        if suffix in ("", ".index") or suffix.startswith(".data-"):
+            out[suffix] = file.read_bytes()
+    return out
+
+
 def seed_files(name: str) -> dict:
     """``{suffix: bytes}`` of one golden checkpoint: ".index" and ".data-..." for V2;
-    for V1 "" (the prefix is the file) or "-SSSSS-of-NNNNN" for each shard."""
+    for V1 "" (the prefix is the file) or "-SSSSS-of-NNNNN" for each shard; for a graph
+    seed, its ".meta" or ".pb" too."""
+    if is_graph(name):
+        return _graph_seed_files(name)
     if is_v1(name):
         prefix = V1_GOLDEN / name[len("v1/"):]
         paths = [prefix] if prefix.is_file() else sorted(
@@ -450,7 +494,16 @@ def make_case(number: int, seed: int, seeds: str = "all") -> dict:
     files = seed_files(name)
     how = rng.random()
     pairs = None
-    if is_v1(name):
+    if is_graph(name):
+        target = next(suffix for suffix in files if suffix in GRAPH_SUFFIXES)
+        edit = mutate_proto if how < 0.7 else mutate
+        mutated = f"ckpt{target}" + (" (fields)" if how < 0.7 else "")
+        for _ in range(10):   # an edit may change nothing (a field swapped with itself)
+            data = edit(files[target], rng)
+            if data != files[target]:
+                break
+        files[target] = data
+    elif is_v1(name):
         target = rng.choice(sorted(files))
         if how < 0.65:
             mutated = f"ckpt{target} (records)"
@@ -471,10 +524,61 @@ def make_case(number: int, seed: int, seeds: str = "all") -> dict:
             "files": files}
 
 
+def _values(graph, node) -> None:
+    """Decode the Const values a node holds (a failure to decode one is an outcome, not
+    the end of the case)."""
+    import tfshard
+
+    for value in node.attrs.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, graph.TensorValue):
+                try:
+                    item.value(max_bytes=1 << 20)
+                except tfshard.TFShardError:
+                    pass
+
+
+def exercise_graph(path: str, kind: str, prefix: str) -> str:
+    """Open a graph file and walk its whole API; 'ok' or the TFShardError's class name."""
+    import tfshard
+    from tfshard import graph
+
+    try:
+        with graph.open(path, kind=kind) as f:
+            json.dumps(graph.summary(f), allow_nan=False)
+            graph.summary_lines(f)
+            for g in f.meta_graphs:
+                (g.stripped_op_list, g.any_info, g.function_aliases, g.asset_files,
+                 g.serving_signatures(), g.saved_objects(), g.saved_functions(),
+                 g.concrete_functions(), graph.risky_ops(g))
+                for signature in g.signatures.values():
+                    for default in signature.defaults.values():
+                        try:
+                            default.value(max_bytes=1 << 20)
+                        except tfshard.TFShardError:
+                            pass
+                for head in g.nodes()[:500]:
+                    _values(graph, g.node(head.name))
+                    g.tensor(head.name)
+                for function in g.functions()[:50]:
+                    for node in g.function_nodes(function.name):
+                        _values(graph, node)
+                if tfshard.paths.checkpoint_version(prefix):
+                    graph.check_restore(g, prefix)
+        return "ok"
+    except tfshard.TFShardError as exc:
+        return type(exc).__name__
+
+
 def exercise(prefix: str) -> str:
     """Open, list, read and verify everything; 'ok' or the TFShardError's class name.
-    Any other exception propagates: that is a finding."""
+    Any other exception propagates: that is a finding.  A case with a graph file
+    (``prefix.meta``, ``prefix.pb``) exercises the graph instead (exercise_graph)."""
     import tfshard
+
+    for suffix, kind in GRAPH_SUFFIXES.items():
+        if os.path.isfile(prefix + suffix):
+            return exercise_graph(prefix + suffix, kind, prefix)
 
     try:
         with tfshard.open(prefix) as ckpt:
@@ -736,7 +840,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     parser.add_argument("--seeds", choices=sorted(SEED_SETS), default="all",
                         help="seed checkpoints: v2 (tests/data/golden), v1 (legacy TensorSlice "
-                             "files, tests/data/v1) or all (default)")
+                             "files, tests/data/v1), graph (.meta and saved_model.pb files, "
+                             "tests/data/graph) or all (default)")
     parser.add_argument("--count", type=int, help="number of cases")
     parser.add_argument("--time", type=float, metavar="SECONDS", help="run for this long")
     parser.add_argument("--batch", type=int, default=200, help="cases per worker process")

@@ -210,3 +210,29 @@ def test_bench_distributed_quick(tmp_path):
     assert len(per_rank) == 2 and sum(per_rank) == rows["dcp_bytes"]["detail"]["total"], output
     # Only the cached inputs remain: the workers' scratch directories are removed.
     assert all(p.name.startswith("distributed_") for p in work.iterdir()), list(work.iterdir())
+
+
+GRAPH_CASES = ("decode", "decode_tf_lookup", "memory", "op_counts", "node_lookup")
+GRAPH_INFO_CASES = {"decode_tf_lookup", "op_counts", "node_lookup"}
+
+
+def test_bench_graph_help():
+    _check_help("bench_graph.py", GRAPH_CASES)
+
+
+def test_bench_graph_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    if not Path("/proc/self/status").exists():
+        pytest.skip("bench_graph measures memory through /proc")
+    output, rows = _run_quick("bench_graph.py", GRAPH_CASES, tmp_path,
+                              "--workdir", tmp_path / "work",
+                              statuses=("PASS", "MISS", "INFO", "SKIP"))
+    measured = _importable(tmp_path, "import tfshard.graph; tfshard.graph.open")
+    for case, row in rows.items():
+        assert row["tf"] is not None, f"{case}: TensorFlow side not measured\n{output}"
+        if not measured:
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+            continue
+        expected = {"INFO"} if case in GRAPH_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert row["tfshard"] is not None and row["ratio"] is not None, row

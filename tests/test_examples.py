@@ -179,3 +179,72 @@ def test_read_without_tf_no_step_counter(tmp_path):
     proc = run_example("read_without_tf.py", prefix, "--workdir", tmp_path / "w", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "no step counter found" in proc.stdout
+
+
+# ---- read_meta_graph.py ------------------------------------------------------
+
+def test_read_meta_graph_defaults(tmp_path):
+    """The default .meta ships with the repository: no TensorFlow needed."""
+    out = assert_ok(run_example("read_meta_graph.py", cwd=tmp_path))
+    for line in [
+        "12 collections:",
+        "hyperparameters        node_list   hp/learning_rate:0, hp/batch_size:0",
+        "my_ints                int64_list  -3, 0, 4611686018427387904",
+        "global_step collection: global_step:0 (VarHandleOp, resource)",
+        "global_step = 3 (int64, read from ",
+        "hp/learning_rate:0 = 0.05000000074505806 (float32 [])",
+        "hp/batch_size:0 = 32 (int64 [])",
+        "hp/run_name:0 = b'adam-ish' (string [])",
+        "hp/repeated:0 = [7, 8, 8, 8, 8] (int32 [5])",
+        "emb/part_1       float32  [3, 4]   trainable  part of emb  checkpoint emb [10, 4]",
+        "local_acc        float32  []       trainable  a local variable: not saved",
+    ]:
+        assert line in out, f"missing {line!r} in:\n{out}"
+    assert out.rstrip().endswith("TensorFlow was not imported"), out
+
+
+_MAKE_TF1_META = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    v1 = tf.compat.v1
+    prefix = sys.argv[1]
+    with tf.Graph().as_default():
+        step = v1.train.get_or_create_global_step()
+        w = v1.get_variable("model/w", [3, 3])
+        loss = tf.reduce_sum(tf.square(w))
+        lr = tf.constant(0.125, name="hyper/learning_rate")
+        decay = tf.constant([0.9, 0.999], name="hyper/betas")
+        for t in (lr, decay):
+            v1.add_to_collection("hyperparameters", t)
+        train = v1.train.AdamOptimizer(lr, *tf.unstack(decay)).minimize(loss, global_step=step)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            for _ in range(5):
+                sess.run(train)
+            path = v1.train.Saver().save(sess, prefix, global_step=step)
+            print(json.dumps({"path": path, "step": int(sess.run(step)),
+                              "hyper": [sess.run(t).tolist() for t in (lr, decay)],
+                              "variables": [v.op.name for v in v1.global_variables()]}))
+""")
+
+
+def test_read_meta_graph_of_a_tf1_saver(tmp_path):
+    """A .meta written by TensorFlow's Saver in another process (Adam slots, a
+    hyperparameters collection): the example reads the same step, hyperparameters and
+    variables TF held, without importing TF."""
+    pytest.importorskip("tensorflow")
+    import json
+
+    made = subprocess.run([sys.executable, "-c", _MAKE_TF1_META, str(tmp_path / "m" / "ckpt")],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert made.returncode == 0, made.stderr
+    expected = json.loads(made.stdout.strip().splitlines()[-1])
+    out = assert_ok(run_example("read_meta_graph.py", expected["path"], cwd=tmp_path))
+    assert f"global_step = {expected['step']} (int64" in out, out
+    assert f"hyper/learning_rate:0 = {expected['hyper'][0]!r} (float32 [])" in out, out
+    assert f"hyper/betas:0 = {expected['hyper'][1]!r} (float32 [2])" in out, out
+    assert f"{len(expected['variables'])} variables:" in out, out
+    for name in expected["variables"]:
+        assert f"  {name} " in out, (name, out)
+    assert "MISSING" not in out
+    assert out.rstrip().endswith("TensorFlow was not imported"), out

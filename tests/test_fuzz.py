@@ -15,7 +15,7 @@ fuzz = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fuzz)
 
 
-@pytest.mark.parametrize("seeds", ["all", "v2", "v1"])
+@pytest.mark.parametrize("seeds", ["all", "v2", "v1", "graph"])
 def test_mutations_are_reproducible(seeds):
     a, b = fuzz.make_case(17, 3, seeds), fuzz.make_case(17, 3, seeds)
     assert a["files"] == b["files"] and a["mutated"] == b["mutated"]
@@ -23,15 +23,17 @@ def test_mutations_are_reproducible(seeds):
 
 
 def test_every_seed_set_is_drawn():
-    names = {fuzz.make_case(n, 1)["seed_checkpoint"] for n in range(200)}
-    assert names == set(fuzz.SEEDS) | set(fuzz.V1_SEEDS)
+    names = {fuzz.make_case(n, 1)["seed_checkpoint"] for n in range(300)}
+    assert names == set(fuzz.SEEDS) | set(fuzz.V1_SEEDS) | set(fuzz.GRAPH_SEEDS)
+    assert all(fuzz.is_graph(fuzz.make_case(n, 1, "graph")["seed_checkpoint"])
+               for n in range(50))
     assert all(fuzz.is_v1(fuzz.make_case(n, 1, "v1")["seed_checkpoint"]) for n in range(50))
     assert not any(fuzz.is_v1(fuzz.make_case(n, 1, "v2")["seed_checkpoint"])
                    for n in range(50))
 
 
 def test_unmutated_seeds_read_cleanly(tmp_path):
-    for name in fuzz.SEEDS + fuzz.V1_SEEDS:
+    for name in fuzz.SEEDS + fuzz.V1_SEEDS + fuzz.GRAPH_SEEDS:
         case = {"files": fuzz.seed_files(name)}
         (tmp_path / name.replace("/", "_")).mkdir()
         prefix = fuzz.write_case(case, str(tmp_path / name.replace("/", "_")))
@@ -82,20 +84,45 @@ def test_v1_record_mutations_keep_valid_checksums():
     assert parsed > len(records) // 2
 
 
+def test_graph_mutations_reach_the_decoder(tmp_path):
+    """Graph cases mutate only the graph file (the checkpoint beside it stays as the seed
+    holds it), mostly field by field; many of those still decode in full, and the rest
+    end in a TFShardError."""
+    cases = [fuzz.make_case(n, 4, "graph") for n in range(100)]
+    fields = [c for c in cases if c["mutated"].endswith("(fields)")]
+    assert 50 < len(fields) < 90 and len(cases) - len(fields) > 10
+    for case in cases:
+        seed = fuzz.seed_files(case["seed_checkpoint"])
+        target = case["file"]
+        assert target in fuzz.GRAPH_SUFFIXES and case["files"][target] != seed[target]
+        assert {k: v for k, v in case["files"].items() if k != target} == \
+            {k: v for k, v in seed.items() if k != target}
+    outcomes = {}
+    for i, case in enumerate(fields):
+        (tmp_path / str(i)).mkdir()
+        outcome = fuzz.exercise(fuzz.write_case(case, str(tmp_path / str(i))))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("ok", 0) > len(fields) // 4, outcomes
+    assert outcomes.get("CorruptGraphError", 0) > 5, outcomes
+
+
 # V2 and V1 seeds each get 1500 cases; the V2 half is the campaign this test ran before
-# the V1 seeds were added (seed 11, the same cases).
-@pytest.mark.parametrize("seed, seeds", [(11, "v2"), (12, "v1")])
-def test_bounded_campaign_finds_nothing(tmp_path, seed, seeds):
-    """2 x 1500 mutated checkpoints (raw bytes, and V2 index entries or V1 protobuf
-    records re-encoded behind valid block checksums) through open/list/read/verify in
+# the V1 seeds were added (seed 11, the same cases).  Graph seeds get 600.
+@pytest.mark.parametrize("seed, seeds, count", [(11, "v2", 1500), (12, "v1", 1500),
+                                                (13, "graph", 600)])
+def test_bounded_campaign_finds_nothing(tmp_path, seed, seeds, count):
+    """Mutated checkpoints (raw bytes, and V2 index entries or V1 protobuf records
+    re-encoded behind valid block checksums) through open/list/read/verify, and mutated
+    graph files (raw bytes, and protobuf fields) through the whole tfshard.graph API, in
     worker processes: only TFShardError may come out, no crash or hang."""
-    summary = fuzz.run(seed, 1500, None, batch=500, case_timeout=5.0,
+    summary = fuzz.run(seed, count, None, batch=500, case_timeout=5.0,
                        findings=tmp_path / "findings", log=lambda *a: None, seeds=seeds)
     assert summary["findings"] == []
-    assert summary["cases"] == 1500
+    assert summary["cases"] == count
     # The campaign reaches past the checksums: many cases parse, some read fine.
     assert summary["outcomes"].get("ok", 0) > 0
-    assert summary["outcomes"].get("CorruptCheckpointError", 0) > 100
+    corrupt = "CorruptGraphError" if seeds == "graph" else "CorruptCheckpointError"
+    assert summary["outcomes"].get(corrupt, 0) > 100
 
 
 def test_saved_findings_replay_cleanly():

@@ -12,8 +12,10 @@ from .errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptCheckpointError,
+    CorruptGraphError,
     IncompatibleVersionError,
     InvalidTensorError,
+    NodeNotFoundError,
     NothingSelectedError,
     OutputExistsError,
     ReadFailedError,
@@ -57,6 +59,9 @@ __all__ = [
     "ReadFailedError",
     "CheckpointChangedError",
     "RestoreError",
+    "CorruptGraphError",
+    "NodeNotFoundError",
+    "graph",
     "load_checkpoint",
     "CheckpointReader",
     "safe_open",
@@ -103,6 +108,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name):
+    if name == "graph":  # the subpackage (.meta files, SavedModels), on first use
+        import importlib
+
+        return importlib.import_module(".graph", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tfshard' has no attribute {name!r}")
@@ -114,4 +123,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"graph"})

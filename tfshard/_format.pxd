@@ -72,6 +72,22 @@ cdef extern from "tfs_format.h" nogil:
                              uint8_t *out, size_t cap, size_t *out_len)
     int tfs_slice_key_decode(const uint8_t *key, size_t n, uint8_t *name_out, size_t name_cap,
                              size_t *name_len, int32_t *rank, int64_t *starts, int64_t *lengths)
+    # The protobuf field reader (_graph and _metagraph walk messages with it).
+    enum:
+        TFS_PB_VARINT
+        TFS_PB_FIXED64
+        TFS_PB_LEN
+        TFS_PB_FIXED32
+
+    ctypedef struct tfs_pb_field:
+        uint32_t field
+        uint32_t wire
+        uint64_t varint
+        const uint8_t *data
+        size_t len
+
+    int tfs_pb_next(const uint8_t **p, const uint8_t *end, tfs_pb_field *f)
+
     int tfs_string_scan(const uint8_t *p, size_t size, uint64_t count, int big_endian,
                         uint64_t *lengths, uint8_t *images, size_t *images_len,
                         size_t *header_len)

@@ -15,23 +15,6 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from ._format cimport *
 
-# The protobuf reader of the C core (the other modules read protobufs only in C).
-cdef extern from "tfs_format.h" nogil:
-    enum:
-        TFS_PB_VARINT
-        TFS_PB_FIXED64
-        TFS_PB_LEN
-        TFS_PB_FIXED32
-
-    ctypedef struct tfs_pb_field:
-        uint32_t field
-        uint32_t wire
-        uint64_t varint
-        const uint8_t *data
-        size_t len
-
-    int tfs_pb_next(const uint8_t **p, const uint8_t *end, tfs_pb_field *f)
-
 cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         pass

@@ -176,6 +176,37 @@ def parse_data(value, path=None, key=None):
     return name, extents, proto
 
 
+def count_values(proto, int64_t dtype, path=None, key=None):
+    """How many values of ``dtype`` a TensorProto holds (its typed field, else its
+    tensor_content), for :func:`decode`; -1 for a dtype it cannot hold.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        If the proto is malformed, or tensor_content is not a whole number of elements.
+    """
+    cdef const uint8_t[::1] buf = b"" if proto is None else proto
+    cdef tfs_v1_values v
+    cdef size_t itemsize = tfs_v1_itemsize(dtype)
+    if not tfs_v1_supported(dtype):
+        return -1
+    cdef int st = tfs_v1_count_values(_ptr(buf), buf.shape[0], dtype, &v)
+    where = f"{path}: the values of tensor {key!r}"
+    if st == TFS_ERR_SIZE:
+        raise CorruptCheckpointError(
+            f"{where} are not a whole number of elements (a packed field of fixed-width "
+            f"values has a stray byte count, or a complex field an odd number of parts)",
+            path=path, key=key)
+    check(st, where, path, key, None)
+    if v.count == 0 and v.has_content and v.content_len and itemsize:
+        if v.content_len % itemsize:
+            raise CorruptCheckpointError(
+                f"{where}: tensor_content holds {v.content_len} bytes, not a multiple of the "
+                f"{itemsize}-byte element", path=path, key=key)
+        return v.content_len // itemsize
+    return v.count
+
+
 def decode(proto, int64_t dtype, object numpy_dtype, Py_ssize_t count, path=None, key=None):
     """Decode the ``count`` values of a TensorProto into a flat numpy array.
 
@@ -193,7 +224,6 @@ def decode(proto, int64_t dtype, object numpy_dtype, Py_ssize_t count, path=None
     cdef const uint8_t[::1] buf = b"" if proto is None else proto
     cdef const uint8_t *p = _ptr(buf)
     cdef size_t n = buf.shape[0]
-    cdef tfs_v1_values v
     cdef size_t itemsize = tfs_v1_itemsize(dtype)
     cdef const uint8_t *pos
     cdef const uint8_t *s
@@ -202,21 +232,9 @@ def decode(proto, int64_t dtype, object numpy_dtype, Py_ssize_t count, path=None
     cdef uint8_t[::1] out_bytes
     cdef int st
     where = f"{path}: the values of tensor {key!r}"
-    st = tfs_v1_count_values(p, n, dtype, &v)
-    if st < 0:
-        if st == TFS_ERR_SIZE:
-            raise CorruptCheckpointError(
-                f"{where} are not a whole number of elements (a packed field of fixed-width "
-                f"values has a stray byte count, or a complex field an odd number of parts)",
-                path=path, key=key)
-        check(st, where, path, key, None)
-    found = v.count
-    if v.count == 0 and v.has_content and v.content_len and itemsize:
-        if v.content_len % itemsize:
-            raise CorruptCheckpointError(
-                f"{where}: tensor_content holds {v.content_len} bytes, not a multiple of the "
-                f"{itemsize}-byte element", path=path, key=key)
-        found = v.content_len // itemsize
+    found = count_values(proto, dtype, path, key)
+    if found < 0:
+        check(TFS_ERR_RANGE, where, path, key, None)
     if <uint64_t>found != <uint64_t>count:
         raise CorruptCheckpointError(
             f"{where}: the slice needs {count} values but the record holds {found}",

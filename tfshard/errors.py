@@ -24,6 +24,8 @@ __all__ = [
     "ReadFailedError",
     "CheckpointChangedError",
     "RestoreError",
+    "CorruptGraphError",
+    "NodeNotFoundError",
 ]
 
 
@@ -69,6 +71,17 @@ class CorruptCheckpointError(TFShardError, ValueError):
 
 class ChecksumMismatchError(CorruptCheckpointError):
     """A stored CRC-32C does not match the bytes it covers."""
+
+
+class CorruptGraphError(CorruptCheckpointError):
+    """The bytes of a ``.meta`` (MetaGraphDef) or ``saved_model.pb`` (SavedModel) file do
+    not follow their protobuf format (a checkpoint's graph: a subclass of
+    :class:`CorruptCheckpointError`, so that code catching corrupt checkpoints catches
+    it too)."""
+
+
+class NodeNotFoundError(TFShardError, KeyError):
+    """The graph holds no node (or node output) of the requested name."""
 
 
 class IncompatibleVersionError(TFShardError, ValueError):

@@ -21,13 +21,17 @@ from ._util import TEMP_MARK, open_regular
 from .errors import CheckpointNotFoundError
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "latest_checkpoint",
-           "checkpoint_version", "v1_files", "lock_filename", "checkpoint_layout"]
+           "checkpoint_version", "v1_files", "lock_filename", "checkpoint_layout",
+           "graph_file_hint"]
 
 _DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 _INDEX_SUFFIX = ".index"
 # V1 shard files and the pattern TF's V1 saver records for them.
 _V1_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 _V1_PATTERN_RE = re.compile(r"^(?P<prefix>.*)-\?{5}-of-(?P<count>\d{5})$")
+# Graph files that lie beside checkpoints (read by tfshard.graph, not as checkpoints).
+_META_SUFFIX = ".meta"
+_SAVED_MODEL_FILE = "saved_model.pb"
 # Last 8 bytes of every SSTable (the footer magic, little-endian).
 _SSTABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 
@@ -203,6 +207,22 @@ def _index_files_near(path: str) -> list[str]:
     return sorted(found)[:5]
 
 
+def graph_file_hint(path: str) -> str | None:
+    """For a ``.meta`` or ``saved_model.pb`` file, a message saying that it is a graph,
+    not a checkpoint, and where its checkpoint is; None for any other path."""
+    if path.endswith(_META_SUFFIX):
+        prefix = path[: -len(_META_SUFFIX)]
+        where = f"; its checkpoint is {prefix}" if checkpoint_version(prefix) else ""
+        return (f"{path} is a TensorFlow graph (MetaGraphDef), not a checkpoint: show it with "
+                f"'tfshard graph {path}' (tfshard.graph.open){where}")
+    if os.path.basename(path) == _SAVED_MODEL_FILE:
+        directory = os.path.dirname(path) or "."
+        return (f"{path} is a SavedModel's graph, not a checkpoint: show it with 'tfshard graph "
+                f"{path}' (tfshard.graph.open); pass the SavedModel directory {directory} for "
+                f"its variables")
+    return None
+
+
 def _prefix_in_directory(directory: str) -> str:
     st = state.read_state(directory)
     if st is not None:
@@ -232,6 +252,10 @@ def _prefix_in_directory(directory: str) -> str:
             f"checkpoints ({names}{', ...' if len(candidates) > 5 else ''}); pass a prefix",
             path=directory,
         )
+    if os.path.isfile(os.path.join(directory, _SAVED_MODEL_FILE)):
+        raise CheckpointNotFoundError(
+            f"{directory} is a SavedModel without variables: {saved_model} does not exist",
+            path=saved_model)
     raise CheckpointNotFoundError(
         f"{directory} holds no checkpoint: no '{state.STATE_FILENAME}' state file and no "
         f"*.index file", path=directory)
@@ -268,6 +292,9 @@ def resolve_prefix(path) -> str:
         # Something is there but is not a regular file (a FIFO, a directory, a
         # symlink loop...): say exactly what, without blocking on it.
         open_regular(index_filename(path), "index file").close()
+    hint = graph_file_hint(path) if os.path.isfile(path) else None
+    if hint is not None:
+        raise CheckpointNotFoundError(hint, path=path)
     message = f"no checkpoint at {path!r}: {index_filename(path)} does not exist"
     near = _index_files_near(path)
     if near:

@@ -18,13 +18,13 @@ import sys
 
 import tfshard
 
-from . import average, convert, diff, extract, ls, merge, rename, reshard, show, strip, verify
+from . import average, convert, diff, extract, graph, ls, merge, rename, reshard, show, strip, verify
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
 
 __all__ = ["main", "parse_size", "FORMATS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
 # In the order `tfshard --help` lists them.
-COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff, average, reshard)
+COMMANDS = (ls, show, verify, extract, convert, merge, rename, strip, diff, average, reshard, graph)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from ..errors import (
     UnsupportedError,
     WriterClosedError,
 )
-from ..paths import resolve_prefix
+from ..paths import graph_file_hint, resolve_prefix
 
 
 #: The format names :func:`open_source` and :func:`create_sink` accept.
@@ -173,6 +173,9 @@ def detect_format(path, *, for_output: bool = False) -> str:
             raise UnsupportedError(f"cannot tell the format of directory {path}: {what}; "
                                    f"{_ACCEPTED}", path=path)
         return found
+    hint = graph_file_hint(path) if not for_output and os.path.isfile(path) else None
+    if hint is not None:
+        raise UnsupportedError(hint, path=path)
     if low.endswith(_FOREIGN_SUFFIXES):
         raise UnsupportedError(f"{path}: unsupported model format; {_ACCEPTED}", path=path)
     if for_output:
