@@ -66,8 +66,21 @@ echo "== the sdist in a fresh venv, with the test extras; the sdist's own test s
 others=("$@")
 if [ ${#others[@]} -eq 0 ]; then
     for v in 3.9 3.13; do
-        p=$(command -v "python$v" || ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python 2>/dev/null | tail -1 || true)
-        [ -n "$p" ] && others+=("$p")
+        found=""
+        # pyenv's own installs first: its shims answer `command -v` for versions that
+        # are installed but not selected, and then fail when run.
+        for p in $(ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python 2>/dev/null | sort -V) \
+                 $(command -v "python$v" || true); do
+            if "$p" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$v'.split('.')))" \
+                    2>/dev/null; then
+                found=$p
+            fi
+        done
+        if [ -n "$found" ]; then
+            others+=("$found")
+        else
+            echo "warning: no CPython $v found; its wheel is not built or tested" >&2
+        fi
     done
 fi
 for other in "${others[@]}"; do
