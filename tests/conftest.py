@@ -38,13 +38,17 @@ def pytest_runtest_makereport(item, call):
                            f"present: {reason}")
 
 
+#: What CI must be able to import (tests/test_suite_policy.py runs this file without them).
+REQUIRED_IN_CI = ("tensorflow", "torch", "jax")
+
+
 def pytest_configure(config):
     """In CI the framework tests (TensorFlow, torch, JAX) must run, never be skipped: say
     at once when one cannot be imported, rather than fail test after test."""
     import importlib
 
     if _strict():
-        for name in ("tensorflow", "torch", "jax"):
+        for name in REQUIRED_IN_CI:
             try:
                 importlib.import_module(name)
             except ImportError as exc:  # pragma: no cover - CI misconfiguration
