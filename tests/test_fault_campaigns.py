@@ -80,23 +80,31 @@ def test_a_kill_before_any_step_of_a_commit_loses_neither_checkpoint():
     result = campaign("kill-steps")
     # Every layout was killed before each of its renames, links and unlinks...
     steps = " ".join(result["steps"])
-    for needle in ("1 -> 1 shard: rename model.ckpt.index model.ckpt.index.aside",
+    for needle in ("1 -> 1 shard: replace model.ckpt.data-00001.tempstate",
+                   "1 -> 1 shard: link model.ckpt.index",
+                   "2 -> 2 shards: replace model.ckpt.data-00002.tempstate",
                    "2 -> 2 shards: rename model.ckpt.data-00001-of-00002",
-                   "2 -> 2 shards: replace model.ckpt.data-00001.tempstate",
-                   "2 -> 2 shards: replace model.ckpt.index.tempstate",
                    "1 -> 3 shards: link model.ckpt.index",
                    "1 -> 3 shards: rename model.ckpt.data-00000-of-00001",
                    "3 -> 1 shard: unlink model.ckpt.data-00002-of-00003.aside",
                    "beside stale files of 4: rename model.ckpt.data-00003-of-00004",
+                   "beside stale files of 3: rename model.ckpt.index model.ckpt.index.aside",
+                   "beside stale files of 3: replace model.ckpt.index.tempstate",
                    "unlink model.ckpt.lock"):
         assert needle in steps, needle
-    assert result["kills"] >= 50
+    assert result["kills"] >= 60
     # ...and what tfshard opens afterwards is always the old or the new checkpoint,
     # whole (the old one is put back from its aside names when the kill came
-    # inside the commit's window; a commit without colliding names has none).
+    # inside the commit's window, which only a collision with stale files opens).
     assert set(result["opened"]) <= {"old", "new"}
     assert result["opened"]["old"] >= 10 and result["opened"]["new"] >= 10
     assert sum(result["opened"].values()) == result["kills"]
+    # As TensorFlow sees the files at rest: the old or the new checkpoint at its own
+    # names after every kill, saving over the same shard count included.
+    for layout, outcomes in result["at_rest_by_layout"].items():
+        if "stale files of 3" not in layout:
+            assert set(outcomes) <= {"old", "new"}, (layout, outcomes)
+    assert result["at_rest_by_layout"]["2 -> 2 shards beside stale files of 3"].get("none")
 
 
 def test_random_kills_of_a_save_loop_never_lose_the_checkpoint():

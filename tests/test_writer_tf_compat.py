@@ -579,3 +579,34 @@ def test_python_bytes_values_saved_verbatim(tmp_path):
     reader = tf.train.load_checkpoint(again)
     assert reader.get_tensor("scalar") == b"x\x00"
     assert reader.get_tensor("list").tolist() == [b"a\x00\x00", b"", b"\x00"]
+
+
+def test_saving_again_over_the_same_shard_count_restores_in_tf(tmp_path):
+    """A save over a checkpoint of the same shard count writes one empty data file more
+    (the old files' names stay the old checkpoint's until the new index replaces it);
+    TensorFlow reads and restores every version, and merge_parts does the same."""
+    prefix = str(tmp_path / "model.ckpt")
+    for version in range(4):
+        value = np.full((3, 4), version, np.float32)
+        tfshard.save(prefix, {"v": value, "step": np.int64(version)}, num_shards=2)
+        reader = tf.train.load_checkpoint(prefix)
+        assert reader.get_tensor("step") == version
+        np.testing.assert_array_equal(reader.get_tensor("v"), value)
+        shards = sorted(p.name for p in tmp_path.glob("model.ckpt.data-*"))
+        assert len(shards) == (2 if version % 2 == 0 else 3), shards
+    with tf.Graph().as_default():
+        v = tf.compat.v1.get_variable("v", shape=[3, 4], dtype=tf.float32)
+        with tf.compat.v1.Session() as sess:
+            tf.compat.v1.train.Saver({"v": v}).restore(sess, prefix)
+            assert (sess.run(v) == 3).all()
+    parts = []
+    for i in range(2):
+        parts.append(tfshard.save(str(tmp_path / f"part-{i}"), {f"p{i}": np.float32(i)}))
+    merged = str(tmp_path / "merged")
+    tfshard.merge_parts(parts, merged)
+    again = [tfshard.save(str(tmp_path / f"again-{i}"), {f"p{i}": np.float32(10 + i)})
+             for i in range(2)]
+    tfshard.merge_parts(again, merged)  # 2 shards over 2: written as 3
+    reader = tf.train.load_checkpoint(merged)
+    assert (reader.get_tensor("p0"), reader.get_tensor("p1")) == (10, 11)
+    assert len(list(tmp_path.glob("merged.data-*-of-00003"))) == 3

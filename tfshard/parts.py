@@ -16,7 +16,7 @@ import os
 from . import _build, _commit
 from ._util import create_exclusive, discard_file, remove_file, temp_name, write_failed, write_temp
 from .errors import CheckpointNotFoundError, InvalidTensorError
-from .paths import checkpoint_layout, data_filename, index_filename
+from .paths import checkpoint_layout, data_filename, index_filename, shard_count_now
 from .reader import Checkpoint
 
 __all__ = ["merge_parts"]
@@ -115,6 +115,8 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
         entries[key] = _build.encode_partitioned_entry(code, shape, slices)
     keys = sorted(entries)
     num_shards = max(len(moves), 1)
+    if shard_count_now(prefix) == num_shards:
+        num_shards += 1  # an empty shard more keeps the old files' names free (as save does)
     index = _build.build_table([b""] + keys,
                                [_build.encode_header(num_shards, *header)]
                                + [entries[k] for k in keys])
@@ -122,21 +124,23 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
     directory = os.path.dirname(prefix)
     renames = [(source, data_filename(prefix, shard_id, num_shards))
                for source, shard_id in moves.items()]
-    index_fd, empty = -1, None
+    index_fd, empties = -1, []
     try:
         if directory:
             try:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise write_failed(exc, prefix, f"creating the directory {directory}") from None
-        if not moves:
-            # No tensor has data (every part empty): the format still wants shard 0.
-            empty = temp_name(f"{prefix}.data-00000")
+        # Shards no part fills (every part empty: the format still wants shard 0; or
+        # the one added above) are empty files.
+        for shard_id in range(len(moves), num_shards):
+            empty = temp_name(f"{prefix}.data-{shard_id:05d}")
             try:
                 os.close(create_exclusive(empty))
             except OSError as exc:
-                raise write_failed(exc, prefix, "creating the empty data shard") from None
-            renames = [(empty, data_filename(prefix, 0, 1))]
+                raise write_failed(exc, prefix, "creating an empty data shard") from None
+            empties.append(empty)
+            renames.append((empty, data_filename(prefix, shard_id, num_shards)))
         index_temp, index_fd = write_temp(index_filename(prefix), index, fsync=fsync,
                                           target=prefix, what="the merged index")
         try:
@@ -148,7 +152,7 @@ def merge_parts(parts, prefix, *, fsync: bool = False) -> str:
     finally:
         if index_fd >= 0:
             os.close(index_fd)
-        if empty is not None:
+        for empty in empties:
             discard_file(empty)  # gone if it was installed
     for part in parts:
         remove_file(index_filename(part))

@@ -303,3 +303,20 @@ def resolve_prefix(path) -> str:
     elif os.path.isfile(path):
         message += " (the file exists but is not part of a V2 checkpoint)"
     raise CheckpointNotFoundError(message, path=path)
+
+
+def shard_count_now(prefix: str) -> int | None:
+    """The number of data shards of the checkpoint now at ``prefix``, or None when
+    there is none (or its index cannot be read).  A commit of the same number would
+    reuse the old data files' names, so writers then add an empty shard: see
+    :meth:`tfshard.CheckpointWriter.commit`."""
+    from . import _index
+    from ._util import read_regular
+
+    path = index_filename(prefix)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _index.IndexTable(read_regular(path, "index file"), path).header()["num_shards"]
+    except (OSError, ValueError):  # TFShardErrors among them
+        return None

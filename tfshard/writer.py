@@ -19,7 +19,7 @@ from typing import TypeVar
 from . import _build, _commit, _index, dtypes
 from ._util import create_exclusive, discard_file, gc_paused, temp_name, write_failed, write_temp
 from .errors import InvalidTensorError, WriteFailedError, WriterClosedError
-from .paths import checkpoint_layout, data_filename, index_filename
+from .paths import checkpoint_layout, data_filename, index_filename, shard_count_now
 from .reader import Checkpoint
 from .slices import bounds, bounds_spec, find_overlap, parse_spec, spec
 
@@ -105,7 +105,10 @@ class CheckpointWriter:
     ----------
     prefix : str or os.PathLike
         Checkpoint prefix; its directory is created if needed.  An existing
-        checkpoint of the same prefix is replaced at commit.
+        checkpoint of the same prefix is replaced at commit; when it has as many
+        data shards as this one, one empty data file is added so that the two
+        never share file names (the old checkpoint stays whole until the new
+        index replaces it; TF reads both).
     num_shards : int
         Number of data files.  Each tensor goes to the shard holding the fewest
         bytes so far; :meth:`add_all` writes the shards in parallel threads.
@@ -517,6 +520,13 @@ class CheckpointWriter:
         self._check_open()
         index_fd = -1
         try:
+            if shard_count_now(self.prefix) == len(self._shards):
+                # The new data files would take the names of the old checkpoint's, so
+                # that for a moment neither index could be in place.  One empty data
+                # file more gives them other names ("-of-(N+1)"): the old checkpoint
+                # then stays whole under its own names until the new index replaces
+                # its index in one rename.  TF reads such a checkpoint as any other.
+                self._new_shard()
             index = self._index_bytes()
             shard = None
             try:
