@@ -19,10 +19,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}".strip()
 
 
-def _strict() -> bool:
-    """Under CI=true nothing may be skipped (TFSHARD_ALLOW_SKIPS=1 lifts that, for wheel
-    builders that test without the optional frameworks)."""
-    return bool(os.environ.get("CI")) and not os.environ.get("TFSHARD_ALLOW_SKIPS")
+from helpers import skips_forbidden as _strict  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
