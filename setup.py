@@ -30,7 +30,7 @@ elif not os.environ.get("TFSHARD_DEBUG") and not MSVC:
 # One extension per concern; all link the C core, some also its encoders or decoders.
 EXTENSIONS = (("_index", []), ("_data", []), ("_build", ["csrc/tfs_build.c"]),
               ("_v1", ["csrc/tfs_v1.c"]), ("_graph", []), ("_metagraph", []),
-              ("_graphdef", []))
+              ("_graphdef", []), ("_views", []))
 
 extensions = [
     Extension(
