@@ -40,7 +40,7 @@ cdef extern from "tfs_io.h" nogil:
     int tfs_file_size(int fd, int64_t *size)
 
 # Tensors from this size on are checksummed in pieces of this size, so that threads can
-# share one large tensor; ckpt[name] leaves them to the reader (which does the same).
+# share one large tensor.
 cdef int64_t PIECE = 4 << 20
 #: Checkpoints with more data shards than this are read by the general path only (the
 #: per-shard tables here are allocated up front).
@@ -89,6 +89,8 @@ cdef class Views:
     ``opener(shard_id)`` returns ``(buffer, fd)`` for a data shard (the reader's map
     and its open file; the reader reports problems opening it).  ``verified`` is the
     reader's set of handles whose CRC has been checked; both paths share it.
+    ``get`` leaves tensors of ``parallel_min`` bytes or more that need a CRC to the
+    reader, which checksums them in pieces on several threads.
     """
 
     cdef IndexTable table
@@ -101,6 +103,7 @@ cdef class Views:
     cdef int64_t *mapped        # bytes in each shard's map; -1: not opened here yet
     cdef int *fds
     cdef set verified
+    cdef int64_t parallel_min     # ckpt[name] leaves CRCs of this size on to the reader
     cdef bint closed
 
     def __cinit__(self):
@@ -113,7 +116,8 @@ cdef class Views:
         free(self.mapped)
         free(self.fds)
 
-    def __init__(self, IndexTable table, list descrs, int64_t num_shards, opener, set verified):
+    def __init__(self, IndexTable table, list descrs, int64_t num_shards, opener, set verified,
+                 int64_t parallel_min=INT64_MAX):
         cdef int64_t i
         if not 1 <= num_shards <= MAX_SHARDS:
             raise ValueError(f"num_shards must be between 1 and {MAX_SHARDS}")
@@ -123,6 +127,7 @@ cdef class Views:
         self.num_shards = num_shards
         self.opener = opener
         self.verified = verified
+        self.parallel_min = parallel_min
         self.bases = [None] * num_shards
         self.ptrs = <const uint8_t **>malloc(num_shards * sizeof(uint8_t *))
         self.mapped = <int64_t *>malloc(num_shards * sizeof(int64_t))
@@ -229,7 +234,7 @@ cdef class Views:
                 or tfs_file_size(self.fds[e.shard_id], &now) != 0 or e.offset + e.size > now:
             return None
         if verify and handle not in self.verified:
-            if e.size >= 2 * PIECE:
+            if e.size >= self.parallel_min:
                 return None  # the reader spreads large tensors over its threads
             if tfs_crc32c_extend(0, self.ptrs[e.shard_id] + e.offset, e.size) != \
                     tfs_crc_unmask(e.crc32c if e.has_crc else 0):

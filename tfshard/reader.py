@@ -454,8 +454,11 @@ class Checkpoint(Mapping):
                 if self._closed or self._swap or self.num_shards > _views.MAX_SHARDS:
                     self._views = False
                 else:
+                    from . import _data
+
+                    parallel = 2 * _data.PARALLEL_PIECE if _CORES > 1 else 1 << 62
                     self._views = _views.Views(self._table, _view_dtypes(), self.num_shards,
-                                               self._view_source, self._verified)
+                                               self._view_source, self._verified, parallel)
             return self._views
 
     def _view_source(self, shard_id: int):
