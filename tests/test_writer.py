@@ -1525,3 +1525,21 @@ def test_saving_an_open_checkpoint_keeps_every_dtype(tmp_path, golden):
                 else:
                     assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
             assert copy.verify_all() == []
+
+
+@pytest.mark.parametrize("extra", [{}, {"z/strings": np.array([b"a"], dtype=object)},
+                                   {"y/\udcff": np.ones(2)}, {"x/big": np.ones(600_000)}],
+                         ids=["plain", "with-strings", "surrogate-name", "large"])
+def test_a_dict_of_arrays_saves_as_the_same_pairs_do(tmp_path, extra):
+    """save(dict) takes a one-loop C path when every value is a plain array; the files
+    must be byte-identical to those of the general path (a list of pairs)."""
+    rng = np.random.default_rng(3)
+    tensors = {f"layer_{i % 7}/w{i}": rng.standard_normal(i % 5 + 1).astype(np.float32)
+               for i in range(200)}
+    tensors["b/int"] = np.arange(6, dtype=np.int64).reshape(2, 3)
+    tensors["c/scalar"] = np.float16(1.5)
+    tensors.update(extra)
+    a = tfshard.save(tmp_path / "a" / "m", tensors)
+    b = tfshard.save(tmp_path / "b" / "m", list(tensors.items()))
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert open(a + suffix, "rb").read() == open(b + suffix, "rb").read(), suffix
