@@ -1,5 +1,5 @@
-/* tfs_io.h - the system calls the C side makes: write() to a file descriptor, and
- * the size of an open file (fstat).  POSIX calls or the Windows C runtime's (the
+/* tfs_io.h - the system calls the C side makes: write() to a file descriptor, the
+ * size of an open file (fstat), and preallocation of a file's blocks (Linux).  POSIX calls or the Windows C runtime's (the
  * descriptors Python's os.open returns are C-runtime descriptors there, opened with
  * O_BINARY). */
 #ifndef TFS_IO_H
@@ -29,7 +29,15 @@ static TFS_INLINE int tfs_file_size(int fd, int64_t *size)
     *size = (int64_t)st.st_size;
     return 0;
 }
+static TFS_INLINE int tfs_preallocate(int fd, int64_t offset, int64_t len)
+{
+    (void)fd;
+    (void)offset;
+    (void)len;
+    return -1;
+}
 #else
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 static TFS_INLINE long long tfs_write(int fd, const void *p, size_t n)
@@ -43,6 +51,20 @@ static TFS_INLINE int tfs_file_size(int fd, int64_t *size)
         return -1;
     *size = (int64_t)st.st_size;
     return 0;
+}
+/* Reserve the blocks of bytes [offset, offset + len) without changing the file's size
+ * (the writes that follow then skip the file system's per-page allocation work);
+ * -1 where the file system or the OS cannot, which callers ignore. */
+static TFS_INLINE int tfs_preallocate(int fd, int64_t offset, int64_t len)
+{
+#if defined(__linux__) && defined(FALLOC_FL_KEEP_SIZE)
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len);
+#else
+    (void)fd;
+    (void)offset;
+    (void)len;
+    return -1;
+#endif
 }
 #endif
 

@@ -27,6 +27,7 @@ cdef extern from "Python.h":
 
 cdef extern from "tfs_io.h" nogil:
     long long tfs_write(int fd, const void *p, size_t n)
+    int tfs_preallocate(int fd, int64_t offset, int64_t len)
 
 cdef extern from "tfs_build.h" nogil:
     size_t tfs_put_varint64(uint8_t *out, uint64_t v)
@@ -361,6 +362,8 @@ cdef enum:
     # Tensors from this size on have their CRC computed on another thread
     # while they are written, when the caller passes a thread pool.
     PARALLEL_CRC_MIN = STAGE_SIZE
+    # Smaller reservations are not worth a system call.
+    PREALLOCATE_MIN = 1 << 20
 
 
 cdef int _write_all(int fd, const uint8_t *p, size_t n) noexcept nogil:
@@ -427,6 +430,16 @@ cdef class DataFile:
         self.staged = 0
         return 0
 
+    def preallocate(self, int64_t nbytes):
+        """Reserve the file's blocks for the next ``nbytes`` bytes to be appended, where
+        the file system can (Linux ``fallocate`` keeping the file's size; elsewhere
+        nothing).  Writes into reserved blocks skip the file system's allocation work
+        (on ext4 about a tenth of a large write's time).  Best effort: a failure is
+        ignored, and a real shortage of space shows in the writes themselves."""
+        if nbytes >= PREALLOCATE_MIN:
+            with nogil:
+                tfs_preallocate(self.fd, self.position, nbytes)
+
     def flush(self):
         """Write out whatever is staged.  Every write is checked: a failure (even
         after part of the bytes went out) raises OSError with the errno."""
@@ -477,7 +490,8 @@ cdef class DataFile:
         cdef PyObject *v
         cdef const char *utf8
         cdef cnp.ndarray a
-        cdef int64_t offset, size
+        cdef int64_t offset, size, total = 0
+        cdef size_t n
         cdef uint32_t crc
         while PyDict_Next(tensors, &pos, &k, &v):
             if type(<object>k) is not str or not _plain_code(<object>v):
@@ -488,6 +502,9 @@ cdef class DataFile:
                 return -1
             if klen == 0:
                 return -1
+            n = cnp.PyArray_NBYTES(<cnp.ndarray>v)
+            total += n + (self.alignment - n % self.alignment) % self.alignment
+        self.preallocate(total)
         pos = 0
         while PyDict_Next(tensors, &pos, &k, &v):
             utf8 = PyUnicode_AsUTF8AndSize(<object>k, &klen)
