@@ -136,10 +136,11 @@ def encode_header(int64_t num_shards, int64_t endianness=0, int64_t producer=1,
     return PyBytes_FromStringAndSize(<char *>out, n)
 
 
-def build_table(list keys, values):
+def build_table(list keys, values, bytes first=None):
     """The bytes of an SSTable holding ``keys`` (strictly increasing bytes) and
     ``values`` (a list in the same order, or a dict by key), exactly as
-    TensorFlow's table builder lays it out."""
+    TensorFlow's table builder lays it out.  ``first``, if given, is the value of
+    ``keys[0]`` (the bundle header under the empty key, which is not in the dict)."""
     cdef size_t n = len(keys), i, key_bytes = 0, value_bytes = 0, cap, out_len
     cdef const uint8_t **kp = NULL
     cdef const uint8_t **vp = NULL
@@ -165,7 +166,7 @@ def build_table(list keys, values):
             raise MemoryError()
         for i in range(n):
             k = keys[i]
-            v = table[k] if by_key else listed[i]
+            v = first if i == 0 and first is not None else table[k] if by_key else listed[i]
             kp[i] = <const uint8_t *>PyBytes_AS_STRING(k)
             vp[i] = <const uint8_t *>PyBytes_AS_STRING(v)
             kl[i] = len(k)

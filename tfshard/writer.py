@@ -602,11 +602,9 @@ class CheckpointWriter:
                                                            full.slices)
         # The header under the empty key, which sorts first; values are looked up
         # by key in C (a list of a million values would be built just to be read).
-        entries[b""] = _build.encode_header(len(self._shards))
-        try:
-            return _build.build_table(sorted(entries), entries)
-        finally:
-            del entries[b""]
+        keys = sorted(entries)
+        keys.insert(0, b"")
+        return _build.build_table(keys, entries, _build.encode_header(len(self._shards)))
 
     def abort(self) -> None:
         """Discard the checkpoint: close and delete everything written.  Idempotent."""
