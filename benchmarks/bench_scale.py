@@ -45,7 +45,7 @@ m_save_rss
     reset through ``/proc/self/clear_refs`` once the tensors exist), vs the checkpoint's size
     on disk.  Goal: <= 2x.
 
-The three BERT write cases share one interleaved run of the writers, at least 7 samples each.
+The three BERT write cases share one interleaved run of the writers, at least 11 samples each.
 
 bert_plain
     ``tfshard.save(p, bert, num_shards=1)`` vs ``open()`` + ``f.write(a)`` of every array into
@@ -420,7 +420,7 @@ class Bench:
                 # Page-cache writes stall now and then (writeback); more samples keep
                 # the medians clear of the stalls.
                 self._bert_write = C.bench_interleaved(
-                    fns, repeat=self.args.repeat if self.args.quick else max(self.args.repeat, 7),
+                    fns, repeat=self.args.repeat if self.args.quick else max(self.args.repeat, 11),
                     min_time=0.0, after_sample=self._clear)
             finally:
                 self._existing = None
