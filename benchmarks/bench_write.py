@@ -30,7 +30,8 @@ input's dtype, shape and bytes.
 Cases
 -----
 bert_tf
-    ``tfshard.save(p, bert)`` (defaults: one shard, 64-byte alignment) vs
+    ``tfshard.save(p, bert)`` (defaults: 64-byte alignment, and two data files written by
+    two threads for a model this size on a machine with two or more cores, else one) vs
     ``tf.raw_ops.SaveV2`` in eager mode, with the tensors, names and (empty) slice specs
     converted to TF tensors before timing, so TF is charged only for the save.  Target:
     tfshard >= 1.25x faster.
