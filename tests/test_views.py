@@ -157,3 +157,15 @@ def test_threads_must_be_a_positive_integer(tmp_path, threads):
         tfshard.load(prefix, threads=threads)
     with pytest.raises(ValueError, match="threads"):
         tfshard.open(prefix).verify_all(threads=threads)
+
+
+def test_a_shard_that_is_not_a_map_is_read_by_the_general_path(tmp_path):
+    """An empty data file is no mmap: the fast paths hand its tensors back."""
+    prefix = tfshard.save(tmp_path / "e", {"e": np.zeros((0, 3), np.float32),
+                                           "s": np.array([b""], dtype=object)},
+                          num_shards=1, alignment=1)
+    with tfshard.open(prefix) as ckpt:
+        assert ckpt["e"].shape == (0, 3)
+        assert ckpt.verify_all() == []
+    got = tfshard.load(prefix)
+    assert got["e"].shape == (0, 3) and got["s"].tolist() == [b""]

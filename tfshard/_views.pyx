@@ -100,7 +100,8 @@ cdef class Views:
     """Views of one open checkpoint's tensors, made without per-tensor Python work.
 
     ``opener(shard_id)`` returns ``(buffer, fd)`` for a data shard (the reader's map
-    and its open file; the reader reports problems opening it).  ``verified`` is the
+    and its open file; the reader reports problems opening it), or None for a shard
+    that is not a memory map of a local file (read by the general path only).  ``verified`` is the
     reader's set of handles whose CRC has been checked; both paths share it.
     ``get`` leaves tensors of ``parallel_min`` bytes or more that need a CRC to the
     reader, which checksums them in pieces on several threads.
@@ -170,9 +171,13 @@ cdef class Views:
             return 1
         if self.closed:
             return 0
-        buffer, fd = self.opener(shard)
+        source = self.opener(shard)
         if self.closed:
             return 0
+        if source is None:  # not a map these paths can use: the general path reads it
+            self.mapped[shard] = 0
+            return 0
+        buffer, fd = source
         view = memoryview(buffer)
         if view.nbytes:
             mv = view.cast("B")

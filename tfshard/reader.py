@@ -462,9 +462,15 @@ class Checkpoint(Mapping):
             return self._views
 
     def _view_source(self, shard_id: int):
-        """``(buffer, fd)`` of a data shard, for the fast paths (opened as for any read)."""
+        """``(buffer, fd)`` of a data shard, for the fast paths (opened as for any read);
+        None for a shard they cannot use (not a memory map of a local file)."""
         shard = self._shard(shard_id)
-        return shard.buffer, shard.file.fileno()
+        if not isinstance(shard.buffer, mmap.mmap):
+            return None
+        try:
+            return shard.buffer, shard.file.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
 
     def _tensor_buffer(self, e: _Entry, name: str, private: bool = False):
         """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist;
