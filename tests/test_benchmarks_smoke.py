@@ -236,3 +236,40 @@ def test_bench_graph_quick(tmp_path):
         expected = {"INFO"} if case in GRAPH_INFO_CASES else {"PASS", "MISS"}
         assert row["status"] in expected, f"{case}: {row}\n{output}"
         assert row["tfshard"] is not None and row["ratio"] is not None, row
+
+
+SCALE_CASES = ("open_list_30k", "m_open", "m_list", "m_read", "m_load", "m_verify", "m_save",
+               "m_save_rss", "bert_plain", "bert_overwrite", "bert_st", "bert_read",
+               "scale_verify_1", "scale_verify_2", "scale_load_1", "scale_load_2", "big")
+SCALE_INFO_CASES = {"scale_verify_1", "scale_verify_2", "scale_load_1", "scale_load_2"}
+
+
+def test_bench_scale_help():
+    _check_help("bench_scale.py", SCALE_CASES)
+
+
+def test_bench_scale_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("bench_scale measures peak memory through /proc")
+    work = tmp_path / "work"
+    output, rows = _run_quick("bench_scale.py", SCALE_CASES, tmp_path, "--workdir", work,
+                              statuses=("PASS", "MISS", "INFO", "SKIP"))
+    measured = _importable(tmp_path, "import tfshard; tfshard.load, tfshard.save")
+    for case, row in rows.items():
+        if case == "big":  # only with --big (tens of GB)
+            assert row["status"] == "SKIP", f"{case}: {row}\n{output}"
+            continue
+        if not measured:
+            assert row["status"] == "SKIP" or row["tfshard"] is None, f"{case}: {row}\n{output}"
+            continue
+        expected = {"INFO"} if case in SCALE_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert row["tfshard"] is not None and row["ratio"] is not None, row
+    assert rows["open_list_30k"]["tf"] is not None and rows["m_list"]["tf"] is not None
+    assert rows["m_read"]["tf"] is not None and rows["bert_read"]["tf"] is not None
+    assert rows["bert_st"]["safetensors"] is not None, output
+    assert "extrapolated" in output, output
+    # Only the cached inputs remain: the scratch directory for written files is removed.
+    assert all(not p.name.startswith("scale.") for p in work.iterdir()), list(work.iterdir())

@@ -311,3 +311,40 @@ def test_replacing_a_single_file_output_keeps_it_complete_at_every_step(tmp_path
         ["m.npz"] + [f"{p}.{s}" for p in "ab" for s in ("index", "data-00000-of-00001")])
     with open_source(out) as s:
         assert int(s.read("version")) == 2
+
+
+@pytest.mark.skipif(not _commit.LOCKS_HELD_OPEN or not os.path.isdir("/proc/self/fd"),
+                    reason="needs unlink of open files and /proc/self/fd")
+def test_old_files_leave_at_once_and_are_freed_in_the_background(tmp_path):
+    """Saving over a checkpoint: the old files' names are gone when save returns (nothing
+    for a reader or a directory listing to see), and the large one, whose blocks a
+    background thread frees, is closed soon after."""
+    big = {"w": np.ones(3 << 20 >> 2, np.float32)}   # 3 MiB: above FREE_LATER_MIN
+    prefix = str(tmp_path / "m")
+    tfshard.save(prefix, big)
+    tfshard.save(prefix, big)
+    assert sorted(os.listdir(tmp_path)) == ["m.data-00000-of-00002", "m.data-00001-of-00002",
+                                            "m.index"]
+    _commit._freeing_thread().submit(lambda: None).result()  # the worker is idle again
+
+    def deleted_open():
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)) and target.endswith("(deleted)"):
+                out.append(target)
+        return out
+    assert deleted_open() == []
+    np.testing.assert_array_equal(tfshard.load(prefix)["w"], big["w"])
+
+
+def test_discard_later_deletes_small_large_and_missing_files(tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"x" * 10)
+    large.write_bytes(b"x" * (2 << 20))
+    _commit.discard_later([str(small), str(large), str(tmp_path / "missing")])
+    assert os.listdir(tmp_path) == []
+    _commit._freeing_thread().submit(lambda: None).result()

@@ -84,6 +84,9 @@ def _check(exe, runner, expect_hardware):
     # Every start offset mod 16, lengths around each 8-byte step, and a few large spans.
     spans = [(off, n) for off in range(16) for n in list(range(0, 40)) + [63, 64, 65, 1000]]
     spans += [(0, len(data)), (3, len(data) - 3), (5, 40_000)]
+    # Around the three-stripe (3 * 8 KiB) blocks of the interleaved hardware loop.
+    spans += [(o, 3 * 8192 + d) for o in (0, 1, 7) for d in (-1, 0, 1, 8, 8191)]
+    spans += [(o, 6 * 8192 + d) for o in (0, 3) for d in (-9, 0, 13)]
     want = [f"{crc32c.crc32c(data[o:o + n]):08x}" for o, n in spans]
     for mode in ("extend", "portable"):
         hardware, got = _run(exe, runner, mode, data, spans)

@@ -644,9 +644,31 @@ def test_bad_writer_arguments(tmp_path, kwargs):
     d = tmp_path / "sub"
     with pytest.raises(tfshard.InvalidTensorError):
         tfshard.CheckpointWriter(str(d / "p"), **kwargs)
-    with pytest.raises(tfshard.InvalidTensorError):
-        tfshard.save(str(d / "p"), {"x": A}, **kwargs)
+    if kwargs != {"num_shards": None}:  # save's default: it picks the count
+        with pytest.raises(tfshard.InvalidTensorError):
+            tfshard.save(str(d / "p"), {"x": A}, **kwargs)
     assert not d.exists()
+
+
+def test_save_picks_two_shards_for_a_large_model_on_two_cores(tmp_path, monkeypatch):
+    from tfshard import writer
+
+    big = {f"w{i}": np.ones(1 << 20, np.float32) for i in range(17)}   # 68 MiB, 4 MiB each
+    many = {f"w{i}": np.ones(64, np.float32) for i in range(300_000 // 64)}
+    monkeypatch.setattr(writer.os, "cpu_count", lambda: 2)
+    assert writer.auto_shards(big) == 2
+    assert writer.auto_shards(many) == 1
+    assert writer.auto_shards(list(big.items())) == 1   # an iterable is written as it comes
+    assert writer.auto_shards({"small": A}) == 1
+    prefix = tfshard.save(tmp_path / "m", big)
+    assert files(tmp_path) == checkpoint_files("m", 2)
+    with tfshard.open(prefix) as ckpt:
+        assert ckpt.verify_all() == [] and len(ckpt) == 17
+        assert writer.auto_shards(ckpt) == 2
+    tfshard.save(tmp_path / "one" / "m", big, num_shards=1)
+    assert files(tmp_path / "one") == checkpoint_files("m", 1)
+    monkeypatch.setattr(writer.os, "cpu_count", lambda: 1)
+    assert writer.auto_shards(big) == 1
 
 
 @pytest.mark.parametrize("prefix", ["", "dir" + os.sep])
@@ -1525,3 +1547,21 @@ def test_saving_an_open_checkpoint_keeps_every_dtype(tmp_path, golden):
                 else:
                     assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
             assert copy.verify_all() == []
+
+
+@pytest.mark.parametrize("extra", [{}, {"z/strings": np.array([b"a"], dtype=object)},
+                                   {"y/\udcff": np.ones(2)}, {"x/big": np.ones(600_000)}],
+                         ids=["plain", "with-strings", "surrogate-name", "large"])
+def test_a_dict_of_arrays_saves_as_the_same_pairs_do(tmp_path, extra):
+    """save(dict) takes a one-loop C path when every value is a plain array; the files
+    must be byte-identical to those of the general path (a list of pairs)."""
+    rng = np.random.default_rng(3)
+    tensors = {f"layer_{i % 7}/w{i}": rng.standard_normal(i % 5 + 1).astype(np.float32)
+               for i in range(200)}
+    tensors["b/int"] = np.arange(6, dtype=np.int64).reshape(2, 3)
+    tensors["c/scalar"] = np.float16(1.5)
+    tensors.update(extra)
+    a = tfshard.save(tmp_path / "a" / "m", tensors)
+    b = tfshard.save(tmp_path / "b" / "m", list(tensors.items()))
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert open(a + suffix, "rb").read() == open(b + suffix, "rb").read(), suffix

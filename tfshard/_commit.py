@@ -11,9 +11,11 @@ holding an advisory lock (``flock`` on a lock file beside the output), does:
    point: a single atomic rename);
 3. rename the old files the new output does not reuse aside as well;
 
-and, after releasing the lock, deletes the files it moved aside (freeing their
-blocks, the slow part, and ``fsync`` of the directory happen there, outside
-the window of step 1-2).  Renames never free data blocks, so the window in
+and, after releasing the lock, deletes the files it moved aside (``fsync`` of
+the directory happens there too, outside the window of step 1-2).  Their names
+go at once; the file system frees a large file's blocks, the slow part, when a
+background thread closes a descriptor opened just before the unlink
+(:func:`discard_later`), so the caller does not wait for it.  Renames never free data blocks, so the window in
 which the commit file is missing is a few renames long, and only exists when
 names collide (same shard count); with no collision the old commit file is
 replaced atomically and there is no window at all.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import re
+import threading
 import time
 
 from ._util import (
@@ -311,8 +314,66 @@ def install(layout: Layout, commit_temp: str, moves: list, *, fsync: bool = Fals
                     pass  # left as a stale file; the next commit moves it
     if fsync:
         fsync_directory(layout.directory)
-    for path in links + [a for a, _ in aside]:
+    for path in links:
         discard_file(path)
+    discard_later([a for a, _ in aside])
+
+
+#: Files from this size on are freed off the caller's time by :func:`discard_later`.
+FREE_LATER_MIN = 1 << 20
+_freer = None
+_freer_lock = threading.Lock()
+
+
+def discard_later(paths) -> None:
+    """Delete files now, and free the blocks of the large ones later.
+
+    Each name is unlinked at once (so the directory holds only the new output when
+    the commit returns, and a kill leaves nothing behind), but a large file is first
+    opened: the file system then frees its blocks, which takes milliseconds per
+    hundred megabytes on ext4, only when a background thread closes that
+    descriptor.  Where an open file cannot be unlinked (Windows), or the open fails,
+    the file is deleted the plain way.  Errors are ignored, as by ``discard_file``.
+    """
+    held = []
+    for path in paths:
+        fd = -1
+        if LOCKS_HELD_OPEN:
+            try:
+                if os.lstat(path).st_size >= FREE_LATER_MIN:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                                 | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                fd = -1
+        discard_file(path)
+        if fd >= 0:
+            held.append(fd)
+    if held:
+        try:
+            _freeing_thread().submit(_close_all, held)
+        except RuntimeError:  # interpreter shutting down: no new threads
+            _close_all(held)
+
+
+def _freeing_thread():
+    """The one worker thread that closes descriptors of deleted files (made on first
+    use; the interpreter waits for it at exit, so nothing is left open)."""
+    global _freer
+    if _freer is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _freer_lock:
+            if _freer is None:
+                _freer = ThreadPoolExecutor(1, thread_name_prefix="tfshard-free")
+    return _freer
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _undo(installed: list, aside: list) -> None:

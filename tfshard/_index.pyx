@@ -37,26 +37,6 @@ cdef enum:
     _ENTRIES
 
 
-cdef struct Block:
-    const uint8_t *data         # uncompressed contents (owned by IndexTable._owners)
-    const uint8_t *entries_end  # start of the restart array
-    uint32_t num_restarts
-    size_t last_key_off         # this block's last key, in IndexTable.last_keys
-    size_t last_key_len
-
-
-cdef struct Cursor:
-    Py_ssize_t blk
-    tfs_block_iter it
-    size_t entry_off            # offset of the current entry in its block
-    uint8_t *key                # current key (owned by the cursor: free with _done)
-    size_t key_cap
-    size_t key_len
-    uint32_t shared             # key bytes the current entry shares with the previous
-    const uint8_t *value
-    uint32_t value_len
-
-
 cdef inline int _cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen):
     cdef size_t n = alen if alen < blen else blen
     cdef int c = memcmp(a, b, n) if n else 0
@@ -65,7 +45,7 @@ cdef inline int _cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t ble
     return (alen > blen) - (alen < blen)
 
 
-cdef inline bint _is_slice_key(const uint8_t *k, size_t n):
+cdef bint is_slice_key(const uint8_t *k, size_t n) noexcept:
     cdef size_t name_len
     cdef int32_t rank
     return n > 0 and k[0] == 0 and \
@@ -81,16 +61,6 @@ cdef class IndexTable:
     strictly increasing keys, restart points) and to count the tensors.
     Entries are addressed by *handles* (block number << 32 | entry offset).
     """
-
-    cdef object _data            # the index file bytes
-    cdef list _owners            # keeps decompressed blocks alive
-    cdef Block *blocks
-    cdef Py_ssize_t nblocks
-    cdef uint8_t *last_keys
-    cdef readonly Py_ssize_t count          # tensor entries (all keys but the header)
-    cdef readonly Py_ssize_t visible_count  # entries that are not per-slice keys
-    cdef readonly bytes header_value
-    cdef readonly object path
 
     def __cinit__(self):
         self.blocks = NULL
@@ -261,7 +231,7 @@ cdef class IndexTable:
         cdef Cursor c
         cdef uint8_t *prev = NULL
         cdef uint8_t *p
-        cdef size_t prev_len = 0
+        cdef size_t prev_len = 0, prev_cap = 0
         cdef Py_ssize_t blk
         cdef uint32_t next_restart
         cdef Block *b
@@ -307,12 +277,14 @@ cdef class IndexTable:
                                     f"{self.path}: index keys are not in strictly increasing order "
                                     f"at key {bytes(c.key[:c.key_len])!r}", path=self.path)
                             self.count += 1
-                            if not _is_slice_key(c.key, c.key_len):
+                            if not is_slice_key(c.key, c.key_len):
                                 self.visible_count += 1
-                        p = <uint8_t *>realloc(prev, c.key_len if c.key_len else 1)
-                        if p == NULL:
-                            raise MemoryError()
-                        prev = p
+                        if c.key_len > prev_cap or prev == NULL:
+                            prev_cap = c.key_len * 2 if c.key_len > 32 else 64
+                            p = <uint8_t *>realloc(prev, prev_cap)
+                            if p == NULL:
+                                raise MemoryError()
+                            prev = p
                         memcpy(prev, c.key, c.key_len)
                         prev_len = c.key_len
                     if any_entry and next_restart != b.num_restarts:
@@ -344,51 +316,58 @@ cdef class IndexTable:
     def __len__(self):
         return self.count
 
-    cdef Py_ssize_t _find(self, const uint8_t *k, size_t klen) except -2:
-        """Handle of key ``k``, or -1."""
+    cdef int _seek(self, const uint8_t *k, size_t klen, Cursor *c) except -1:
+        """Position ``c`` (key valid or NULL; the caller frees it) on the entry of key
+        ``k``: 1, or 0 if there is none."""
         cdef Py_ssize_t lo = 0, hi = self.nblocks, mid, blk
         cdef uint32_t rlo, rhi, rmid
         cdef Block *b
-        cdef Cursor c
         cdef const uint8_t *p
         cdef uint32_t shared, nonshared, vlen
         cdef int cmp
+        # The first block whose last key is >= k.
+        while lo < hi:
+            mid = (lo + hi) // 2
+            b = &self.blocks[mid]
+            if _cmp(self.last_keys + b.last_key_off, b.last_key_len, k, klen) < 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == self.nblocks:
+            return 0
+        blk = lo
+        b = &self.blocks[blk]
+        # The last restart point whose key is <= k (restart keys are stored whole).
+        rlo, rhi = 0, b.num_restarts - 1 if b.num_restarts else 0
+        while rlo < rhi:
+            rmid = (rlo + rhi + 1) // 2
+            p = b.data + tfs_load_le32(b.entries_end + 4 * rmid)
+            tfs_get_varint32(&p, b.entries_end, &shared)
+            tfs_get_varint32(&p, b.entries_end, &nonshared)
+            tfs_get_varint32(&p, b.entries_end, &vlen)
+            if _cmp(p, nonshared, k, klen) <= 0:
+                rlo = rmid
+            else:
+                rhi = rmid - 1
+        self._start(c, blk)
+        if b.num_restarts:
+            c.it.pos = b.data + tfs_load_le32(b.entries_end + 4 * rlo)
+        while self._next_in_block(c):
+            cmp = _cmp(c.key, c.key_len, k, klen)
+            if cmp == 0:
+                return 1
+            if cmp > 0:
+                return 0
+        return 0
+
+    cdef Py_ssize_t _find(self, const uint8_t *k, size_t klen) except -2:
+        """Handle of key ``k``, or -1."""
+        cdef Cursor c
         c.key = NULL
         c.key_cap = 0
         try:
-            # The first block whose last key is >= k.
-            while lo < hi:
-                mid = (lo + hi) // 2
-                b = &self.blocks[mid]
-                if _cmp(self.last_keys + b.last_key_off, b.last_key_len, k, klen) < 0:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == self.nblocks:
-                return -1
-            blk = lo
-            b = &self.blocks[blk]
-            # The last restart point whose key is <= k (restart keys are stored whole).
-            rlo, rhi = 0, b.num_restarts - 1 if b.num_restarts else 0
-            while rlo < rhi:
-                rmid = (rlo + rhi + 1) // 2
-                p = b.data + tfs_load_le32(b.entries_end + 4 * rmid)
-                tfs_get_varint32(&p, b.entries_end, &shared)
-                tfs_get_varint32(&p, b.entries_end, &nonshared)
-                tfs_get_varint32(&p, b.entries_end, &vlen)
-                if _cmp(p, nonshared, k, klen) <= 0:
-                    rlo = rmid
-                else:
-                    rhi = rmid - 1
-            self._start(&c, blk)
-            if b.num_restarts:
-                c.it.pos = b.data + tfs_load_le32(b.entries_end + 4 * rlo)
-            while self._next_in_block(&c):
-                cmp = _cmp(c.key, c.key_len, k, klen)
-                if cmp == 0:
-                    return (blk << 32) | c.entry_off
-                if cmp > 0:
-                    return -1
+            if self._seek(k, klen, &c):
+                return (c.blk << 32) | c.entry_off
             return -1
         finally:
             free(c.key)
@@ -399,7 +378,7 @@ cdef class IndexTable:
 
     def find_tensor(self, bytes name):
         """Handle of listed tensor ``name`` (per-slice keys excluded), or -1."""
-        if _is_slice_key(name, len(name)):
+        if is_slice_key(name, len(name)):
             return -1
         return self._find(name, len(name))
 
@@ -591,7 +570,7 @@ cdef class IndexTable:
             self._start(&c, 0)
             self._next(&c)  # the header
             while self._next(&c):
-                if _is_slice_key(c.key, c.key_len):
+                if is_slice_key(c.key, c.key_len):
                     continue
                 if what == _NAMES:
                     out.append(_name(c.key, c.key_len))

@@ -185,6 +185,10 @@ class Checkpoint(Mapping):
     the whole tensor once.
     """
 
+    # The C fast paths (tfshard._views.Views), made on the first read; False where the
+    # checkpoint is not one they serve (byte-swapped, too many shards, V1).
+    _views = None
+
     def __new__(cls, path=None, *args, **kwargs):
         # A legacy V1 checkpoint opens as a V1Checkpoint, so every caller of
         # Checkpoint(path) reads both formats.
@@ -256,6 +260,11 @@ class Checkpoint(Mapping):
         return self._table.find_tensor(_encode(name)) >= 0
 
     def __getitem__(self, name) -> np.ndarray:
+        views = self._views if self._views is not None else self._make_views()
+        if views:
+            arr = views.get(name, self.verify)
+            if arr is not None:
+                return arr
         return self.read(name)
 
     def __repr__(self) -> str:
@@ -434,6 +443,34 @@ class Checkpoint(Mapping):
                 f"{self.index_path} is {'gone' if now is None else 'another file'} now), so "
                 f"{data_path} may hold another save's data and is not read; open the "
                 f"checkpoint again", path=data_path)
+
+    def _make_views(self):
+        """The C fast paths for this checkpoint (see tfshard._views), made on first use
+        (they import numpy); False where they do not apply."""
+        from . import _views
+
+        with self._lock:
+            if self._views is None:
+                if self._closed or self._swap or self.num_shards > _views.MAX_SHARDS:
+                    self._views = False
+                else:
+                    from . import _data
+
+                    parallel = 2 * _data.PARALLEL_PIECE if _CORES > 1 else 1 << 62
+                    self._views = _views.Views(self._table, _view_dtypes(), self.num_shards,
+                                               self._view_source, self._verified, parallel)
+            return self._views
+
+    def _view_source(self, shard_id: int):
+        """``(buffer, fd)`` of a data shard, for the fast paths (opened as for any read);
+        None for a shard they cannot use (not a memory map of a local file)."""
+        shard = self._shard(shard_id)
+        if not isinstance(shard.buffer, mmap.mmap):
+            return None
+        try:
+            return shard.buffer, shard.file.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
 
     def _tensor_buffer(self, e: _Entry, name: str, private: bool = False):
         """(buffer, shard) with the tensor's bytes at ``e.offset`` checked to exist;
@@ -639,6 +676,12 @@ class Checkpoint(Mapping):
         CorruptCheckpointError
             If the index entry or the data are malformed.
         """
+        if index is None and not writable:
+            views = self._views if self._views is not None else self._make_views()
+            if views:
+                arr = views.get(name, self.verify if verify is None else verify)
+                if arr is not None:
+                    return arr
         self._check_open()
         i = self._record(name)
         e = self._entry(i, name)
@@ -721,21 +764,67 @@ class Checkpoint(Mapping):
             if shard is not None:
                 drop_pages(shard.buffer, part.offset, min(part.offset + part.size, shard.size))
 
-    def verify_all(self) -> list:
+    def verify_all(self, *, threads: int | None = None) -> list:
         """Check every tensor's checksum, and that no two tensors share bytes of a
-        data file; return ``[(name, error), ...]`` for the bad ones."""
+        data file; return ``[(name, error), ...]`` for the bad ones.
+
+        Parameters
+        ----------
+        threads : int, optional
+            Threads that checksum (and page in) the data, in C without the GIL;
+            default: one per CPU core.
+        """
+        self._check_open()
+        names = self._batch_pass(False, threads)[1]
         bad = []
-        for name in self:
+        for name in names:
             try:
                 self.read(name, verify=True)
             except (CorruptCheckpointError, CheckpointNotFoundError, UnsupportedError) as exc:
                 bad.append((name, exc))
         return bad + self.overlaps()
 
+    def _batch_pass(self, arrays: bool, threads, verify: bool = True):
+        """One pass over every listed tensor in C (tfshard._views.Batch): checksums in
+        ``threads`` threads when ``verify``.  Returns ``(dict of views or None, names
+        left to the general path)``; without the fast paths, ``(None, all names)``."""
+        count = _thread_count(threads)
+        views = self._views if self._views is not None else self._make_views()
+        if not views:
+            return None, list(self)
+        with gc_paused():
+            batch = views.batch(arrays)
+            if verify:
+                ranges = batch.split(count)
+                pool = _crc_pool() if len(ranges) > 1 else None
+                if pool is None:
+                    for lo, hi in ranges:
+                        batch.checksum(lo, hi)
+                else:
+                    futures = [pool.submit(batch.checksum, lo, hi) for lo, hi in ranges[1:]]
+                    try:
+                        batch.checksum(*ranges[0])
+                    finally:
+                        for future in futures:
+                            future.result()
+            return batch.finish(verify)
+
+    def _load_all(self, threads=None) -> dict:
+        """Every tensor (the body of :func:`load`)."""
+        out, names = self._batch_pass(True, threads, self.verify)
+        if out is None:
+            return {name: self[name] for name in names}
+        for name in names:
+            out[name] = self.read(name)
+        return out
+
     def overlaps(self) -> list:
         """``[(name, CorruptCheckpointError)]`` for tensors whose bytes overlap another's
         in a data file (:meth:`verify_all` includes them).  A checksum cannot catch an entry that points at another tensor
         together with that tensor's CRC; TF's writer never lays tensors over each other."""
+        views = self._views if self._views is not None else self._make_views()
+        if views and not views.any_overlap():
+            return []  # the common case, decided in one pass in C
         spans = []
         table = self._table
         for h in table.handles():
@@ -779,6 +868,8 @@ class Checkpoint(Mapping):
             self._closed = True
             shards, self._shards = self._shards, {}
             opened, self._opened = getattr(self, "_opened", {}), {}
+            if self._views:
+                self._views.close()  # drops its views of the maps, so they can close
         for shard in shards.values():
             close_map(shard.buffer)
             close_map(shard.private)
@@ -797,6 +888,33 @@ class Checkpoint(Mapping):
             self.close()
         except Exception:
             pass
+
+
+_VIEW_DTYPES = None
+
+
+def _view_dtypes() -> list:
+    """numpy dtype by DataType code for the dtypes whose stored bytes are the array's
+    (None for the others); the table tfshard._views makes views with."""
+    global _VIEW_DTYPES
+    if _VIEW_DTYPES is None:
+        table = []
+        for code in range(134):  # every code by_code knows, _REF codes (101-133) included
+            try:
+                dt = dtypes.by_code(code)
+            except KeyError:
+                dt = None
+            table.append(dt.numpy if dt is not None and dt.kind == dtypes.FIXED else None)
+        _VIEW_DTYPES = table
+    return _VIEW_DTYPES
+
+
+def _thread_count(threads) -> int:
+    if threads is None:
+        return _CORES
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads
 
 
 def _check_versions(path, v) -> None:
@@ -880,14 +998,16 @@ def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors built
     return Checkpoint(path, verify=verify)
 
 
-def load(path, verify: bool = True) -> dict:
+def load(path, verify: bool = True, *, threads: int | None = None) -> dict:
     """Read every tensor of a checkpoint into a dict of numpy arrays.
 
     The arrays are read-only views of the memory-mapped shards where the
-    bytes allow (they remain valid; copy them to modify).
+    bytes allow (they remain valid; copy them to modify).  With ``verify``,
+    every CRC-32C is checked in ``threads`` threads (default: one per CPU
+    core), in C without the GIL, before the arrays are made.
     """
     with Checkpoint(path, verify=verify) as ckpt:
-        return {name: ckpt[name] for name in ckpt}
+        return ckpt._load_all(threads)
 
 
 def list_variables(path) -> list:

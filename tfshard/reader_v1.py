@@ -82,6 +82,8 @@ class V1Checkpoint(Checkpoint):
     the tensor uncovered are an error, as in TF.
     """
 
+    _views = False  # values are decoded, never views: no C fast paths
+
     def __init__(self, path, *, verify: bool = True):
         self.prefix = resolve_prefix(path)
         files = v1_files(self.prefix)
@@ -334,8 +336,10 @@ class V1Checkpoint(Checkpoint):
         """A no-op for V1 (values are decoded copies); checks that ``name`` exists."""
         self._tensor(name)
 
-    def verify_all(self) -> list:
-        """Decode every tensor; ``[(name, error), ...]`` for the ones that fail."""
+    def verify_all(self, *, threads: int | None = None) -> list:
+        """Decode every tensor; ``[(name, error), ...]`` for the ones that fail.
+        ``threads`` is accepted for the V2 reader's signature (decoding runs on this
+        thread)."""
         bad = []
         for name in self:
             try:
