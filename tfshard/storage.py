@@ -1,0 +1,448 @@
+"""Remote storage: the one layer between tfshard and object stores.
+
+A path that is a URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``, ``memory://``,
+``file://``, chained ``simplecache::s3://...``; any protocol fsspec knows) goes through
+`fsspec <https://filesystem-spec.readthedocs.io>`_; any other path is a plain file and
+never imports it.  The reader and writer see byte ranges, not protocols:
+
+* :class:`Location` is one object (a URL and the fsspec filesystem serving it): read it
+  whole or a byte range of it, ask its size, upload to it, remove it.  Every call runs
+  under a deadline (:data:`REQUEST_TIMEOUT`) with a bounded retry, and every failure
+  becomes a tfshard error naming the URL: a missing object a
+  :class:`~tfshard.CheckpointNotFoundError`, anything else a
+  :class:`~tfshard.RemoteStorageError` whose ``__cause__`` is fsspec's exception.
+* :class:`RangeBuffer` holds the bytes of one data object as they are fetched: an
+  anonymous memory map of the object's size in which each fetched range lands at its own
+  offset, so the local reader's decoding, checksum and view code reads it unchanged, and
+  memory is spent only on the pages actually fetched.  Ranges are fetched concurrently (in
+  pieces of at most :data:`CHUNK` bytes), each byte at most once, and a range counts as
+  present only once its whole response has arrived.
+
+fsspec's HTTP ``exists()`` sends a GET without a Range, and ``fs.open()`` reads ahead
+several MiB: neither is used here.  Only ``cat_file`` (whole or ranged), ``info`` (a HEAD
+on HTTP), ``put_file``/``pipe_file`` and ``rm_file`` are.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+import time
+
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    RemoteStorageError,
+    TFShardError,
+    UnsupportedError,
+)
+
+__all__ = ["is_url", "Location", "RangeBuffer", "REQUEST_TIMEOUT", "CHUNK", "IO_THREADS"]
+
+#: Seconds one request may run (retries included) before it is reported as a
+#: RemoteStorageError; a dead or silent server is reported within this time.
+REQUEST_TIMEOUT = 45.0
+#: Tries per request for failures other than a missing object or refused access.
+ATTEMPTS = 2
+#: The largest single ranged request; a larger read is split into concurrent ones.
+CHUNK = 8 << 20
+#: Requests in flight at once (threads, each waiting on one request).
+IO_THREADS = 16
+#: Tensors whose bytes lie at most this far apart are fetched by one request.
+COALESCE_GAP = 4096
+
+# scheme:// with a scheme of two letters or more (so a Windows drive is no URL),
+# optionally after chained protocols ("simplecache::s3://...").
+_URL_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*[A-Za-z][A-Za-z0-9+.\-]+://")
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` is a URL for fsspec rather than a local path."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    return isinstance(path, str) and _URL_RE.match(path) is not None
+
+
+def _io_pool():
+    # concurrent.futures loads on first use: local reads never need it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="tfshard-io")
+    return _pool
+
+
+def _failure(exc: BaseException, url: str, doing: str, what: str) -> TFShardError:
+    """The tfshard error for ``exc``, raised by fsspec while ``doing`` ``url``."""
+    if isinstance(exc, TFShardError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return CheckpointNotFoundError(f"{what} {url} does not exist", path=url)
+    text = str(exc) or repr(exc)
+    if "416" in text or "InvalidRange" in text:
+        return CorruptCheckpointError(
+            f"{what} {url} is shorter than the checkpoint's index says (the server refused "
+            f"the byte range: {text}); it is truncated or from another save", path=url)
+    if isinstance(exc, PermissionError):
+        cause = f"access denied ({text}); check the credentials or storage_options"
+    else:
+        cause = f"{type(exc).__name__}: {text}"
+    err = RemoteStorageError(
+        f"{doing} {what} {url} failed: {cause}",
+        errno=exc.errno if isinstance(getattr(exc, "errno", None), int) else None,
+        strerror=text, path=url)
+    err.__cause__ = exc
+    return err
+
+
+def _with_retries(call, url: str, doing: str, what: str):
+    """``call()`` with up to :data:`ATTEMPTS` tries while the deadline allows; a missing
+    object and refused access are not retried."""
+    started = time.monotonic()
+    for attempt in range(ATTEMPTS):
+        try:
+            return call()
+        except (FileNotFoundError, PermissionError, TFShardError) as exc:
+            raise _failure(exc, url, doing, what) from None
+        except Exception as exc:  # fsspec's protocols raise many kinds: all are failures
+            pause = 0.25 * (attempt + 1)
+            if attempt == ATTEMPTS - 1 or \
+                    time.monotonic() - started + pause > REQUEST_TIMEOUT / 2:
+                raise _failure(exc, url, doing, what) from None
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _wait(futures, started: dict, url: str, doing: str, what: str) -> None:
+    """Wait for ``futures``; raise the first failure, or a RemoteStorageError for one
+    that has run longer than :data:`REQUEST_TIMEOUT` (``started`` maps a future to its
+    start time once a thread has picked it up; queued ones are not yet late)."""
+    from concurrent.futures import wait as _wait_futures
+
+    pending = set(futures)
+    while pending:
+        done, pending = _wait_futures(pending, timeout=0.5)
+        for f in done:
+            exc = f.exception()
+            if exc is not None:
+                raise _failure(exc, url, doing, what)
+        now = time.monotonic()
+        for f in pending:
+            t = started.get(f, (None,))[0]
+            if t is not None and now - t > REQUEST_TIMEOUT:
+                raise RemoteStorageError(
+                    f"{doing} {what} {url} failed: no complete response within "
+                    f"{REQUEST_TIMEOUT:g} s (the server is unreachable or stalled)", path=url)
+
+
+class _Timed:
+    """Runs calls in the I/O pool, recording when a thread starts each (``started``
+    maps a future to a one-item list holding its start time, None while queued)."""
+
+    def __init__(self):
+        self.started: dict = {}
+
+    def submit(self, fn, *args):
+        cell = [None]
+
+        def run():
+            cell[0] = time.monotonic()
+            return fn(*args)
+
+        future = _io_pool().submit(run)
+        self.started[future] = cell
+        future.add_done_callback(lambda f: self.started.pop(f, None))
+        return future
+
+
+class Location:
+    """One object (or directory) at a URL, with the fsspec filesystem that serves it.
+
+    Use :meth:`parse` for a user's URL; :meth:`suffixed` and :meth:`child` name
+    neighbours on the same filesystem without parsing again.
+    """
+
+    __slots__ = ("url", "fs", "path", "storage_options")
+
+    def __init__(self, url: str, fs, path: str, storage_options=None):
+        self.url, self.fs, self.path = url, fs, path
+        self.storage_options = storage_options
+
+    @classmethod
+    def parse(cls, url, storage_options=None) -> Location:
+        """The Location of ``url``; ``storage_options`` go to fsspec's filesystem.
+
+        Raises
+        ------
+        UnsupportedError
+            If fsspec, or the package of the URL's protocol, is not installed, or
+            fsspec does not know the protocol.
+        """
+        url = os.fspath(url)
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise TypeError(f"storage_options must be a dict, got "
+                            f"{type(storage_options).__name__}")
+        try:
+            import fsspec.core
+        except ImportError:
+            raise UnsupportedError(
+                f"{url} is a URL: reading and writing URLs needs fsspec (pip install "
+                f"'tfshard[remote]', plus the protocol's package such as s3fs or gcsfs)",
+                path=url) from None
+        trimmed = url.rstrip("/") if not url.endswith(":///") else url
+        try:
+            fs, path = fsspec.core.url_to_fs(trimmed, **(storage_options or {}))
+        except ImportError as exc:
+            raise UnsupportedError(f"cannot open {url}: {exc}", path=url) from None
+        except ValueError as exc:
+            raise UnsupportedError(f"cannot open {url}: {exc}", path=url) from None
+        except Exception as exc:  # a protocol's constructor refusing its options
+            raise _failure(exc, url, "connecting to", "storage for") from None
+        return cls(trimmed, fs, path, storage_options)
+
+    def suffixed(self, suffix: str) -> Location:
+        """The object whose URL is this one's with ``suffix`` appended."""
+        return Location(self.url + suffix, self.fs, self.path + suffix, self.storage_options)
+
+    def trimmed(self, n: int) -> Location:
+        """This URL with its last ``n`` characters removed."""
+        return Location(self.url[:-n], self.fs, self.path[:-n], self.storage_options)
+
+    def child(self, name: str) -> Location:
+        """``name`` inside this directory."""
+        return Location(f"{self.url.rstrip('/')}/{name}", self.fs,
+                        f"{self.path.rstrip('/')}/{name}", self.storage_options)
+
+    def parent_url(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[0]
+
+    @property
+    def lists(self) -> bool:
+        """Whether the filesystem can list a directory (HTTP servers cannot)."""
+        proto = self.fs.protocol
+        protos = (proto,) if isinstance(proto, str) else tuple(proto)
+        return not any(p in ("http", "https") for p in protos)
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    # ---- reading -----------------------------------------------------------
+
+    def _cat(self, start, end) -> bytes:
+        if start is None:
+            return self.fs.cat_file(self.path)
+        return self.fs.cat_file(self.path, start=start, end=end)
+
+    def read(self, start: int | None = None, end: int | None = None, *,
+             what: str = "object") -> bytes:
+        """The object's bytes ``[start, end)`` (all of them without ``start``), in one
+        request under the deadline.  A ranged read that returns fewer bytes than asked is
+        a :class:`~tfshard.CorruptCheckpointError` (the object is shorter than expected).
+        """
+        timed = _Timed()
+        future = timed.submit(_with_retries, lambda: self._cat(start, end), self.url,
+                              "reading", what)
+        _wait([future], timed.started, self.url, "reading", what)
+        data = future.result()
+        if start is not None and end is not None and len(data) != end - start:
+            raise _short(self.url, what, start, end, len(data))
+        return data
+
+    def size(self, *, what: str = "object") -> int:
+        """The object's size in bytes (a HEAD request on HTTP)."""
+        timed = _Timed()
+        future = timed.submit(_with_retries, lambda: self.fs.info(self.path), self.url,
+                              "reading", what)
+        _wait([future], timed.started, self.url, "reading", what)
+        info = future.result()
+        if info.get("type") == "directory":
+            raise CheckpointNotFoundError(f"{what} {self.url} is a directory", path=self.url)
+        size = info.get("size")
+        if size is None:
+            raise RemoteStorageError(f"the server did not say the size of {what} {self.url}",
+                                     path=self.url)
+        return int(size)
+
+    def exists(self, *, what: str = "object") -> bool:
+        """Whether the object exists, asked by its size (never fsspec's ``exists()``,
+        which on HTTP downloads the start of the object)."""
+        try:
+            self.size(what=what)
+            return True
+        except CheckpointNotFoundError:
+            return False
+
+    def glob(self, pattern_suffix: str) -> list:
+        """URLs of the objects named like ``self.url + pattern_suffix`` (a glob); empty
+        where the filesystem cannot list."""
+        if not self.lists:
+            return []
+        timed = _Timed()
+        future = timed.submit(_with_retries, lambda: self.fs.glob(self.path + pattern_suffix),
+                              self.url, "listing", "objects beside")
+        _wait([future], timed.started, self.url, "listing", "objects beside")
+        base_url, base_path = self.url, self.path
+        return sorted(base_url + p[len(base_path):] for p in future.result()
+                      if p.startswith(base_path))
+
+    # ---- writing -----------------------------------------------------------
+
+    def put_file(self, local: str, *, what: str = "object") -> None:
+        """Upload the local file ``local`` to this object."""
+        _with_retries(lambda: self.fs.put_file(local, self.path), self.url, "uploading", what)
+
+    def put_bytes(self, data: bytes, *, what: str = "object") -> None:
+        """Write ``data`` as this object's whole content."""
+        _with_retries(lambda: self.fs.pipe_file(self.path, data), self.url, "uploading", what)
+
+    def remove(self, *, what: str = "object", missing_ok: bool = True) -> None:
+        """Delete the object (a missing one is fine unless ``missing_ok`` is false)."""
+        try:
+            _with_retries(lambda: self.fs.rm_file(self.path), self.url, "removing", what)
+        except CheckpointNotFoundError:
+            if not missing_ok:
+                raise
+
+    def makedirs(self) -> None:
+        """Create this directory where the filesystem has directories (object stores
+        have none: a no-op there)."""
+        try:
+            self.fs.makedirs(self.path, exist_ok=True)
+        except Exception as exc:
+            raise _failure(exc, self.url, "creating", "directory") from None
+
+
+def _short(url, what, start, end, got) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{what} {url} ended early: bytes [{start}, {end}) were asked for and {got} came "
+        f"back (the object is truncated or from another save)", path=url, offset=start + got)
+
+
+class RangeBuffer:
+    """The bytes of one data object, fetched on demand.
+
+    ``buffer`` is a read-only view of an anonymous memory map of ``size`` bytes in which
+    every fetched range sits at its own offset (unfetched pages are never touched, so
+    they cost no memory).  :meth:`request` schedules ranges without waiting;
+    :meth:`ensure` waits until a range is present.  Each byte is fetched at most once; a
+    range counts as present only after its whole response has been copied in, so a
+    broken connection can never leave a partial tensor behind.
+    """
+
+    def __init__(self, location: Location, size: int, what: str = "data shard"):
+        self.location, self.size, self.what = location, size, what
+        self.path = location.url
+        try:
+            self._map = mmap.mmap(-1, size) if size else None
+        except (OSError, OverflowError, ValueError) as exc:
+            raise CorruptCheckpointError(
+                f"cannot reserve {size} bytes of memory for {what} {location.url} "
+                f"({exc}); the index records tensors up to that offset", path=location.url
+            ) from None
+        self.buffer = memoryview(self._map).toreadonly() if size else b""
+        self._done: list = []       # sorted, disjoint [start, end) ranges present
+        self._pending: dict = {}    # (start, end) -> future of its fetch
+        self._lock = threading.Lock()
+        self._timed = _Timed()
+
+    def _fetch(self, start: int, end: int) -> None:
+        try:
+            data = _with_retries(lambda: self.location._cat(start, end), self.path,
+                                 "reading", self.what)
+            if len(data) != end - start:
+                raise _short(self.path, self.what, start, end, len(data))
+            self._map[start:end] = data
+            with self._lock:
+                _insert(self._done, start, end)
+        finally:
+            with self._lock:
+                self._pending.pop((start, end), None)
+
+    def request(self, start: int, end: int) -> list:
+        """Schedule whatever of ``[start, end)`` is neither present nor in flight;
+        return the futures that together cover the range."""
+        start, end = max(0, start), min(end, self.size)
+        futures = []
+        if end <= start:
+            return futures
+        with self._lock:
+            busy = []
+            for (s, e), f in self._pending.items():
+                if s < end and e > start:
+                    futures.append(f)
+                    busy.append((s, e))
+            covered = sorted(self._done + busy)
+            for gs, ge in _gaps(covered, start, end):
+                for ps in range(gs, ge, CHUNK):
+                    pe = min(ps + CHUNK, ge)
+                    # The fetch cannot finish (it takes the lock) before it is recorded.
+                    f = self._pending[(ps, pe)] = self._timed.submit(self._fetch, ps, pe)
+                    futures.append(f)
+        return futures
+
+    def ensure(self, start: int, end: int) -> None:
+        """Return once bytes ``[start, end)`` are present; raise the fetch's error."""
+        futures = self.request(start, end)
+        if futures:
+            _wait(futures, self._timed.started, self.path, "reading", self.what)
+        with self._lock:
+            missing = _gaps(self._done, max(0, start), min(end, self.size))
+        if missing:  # a failed fetch of another caller: fetch it again ourselves
+            futures = self.request(start, end)
+            _wait(futures, self._timed.started, self.path, "reading", self.what)
+
+    def close(self) -> None:
+        """Forget the fetched bytes (arrays already returned keep their pages)."""
+        self.buffer = b""
+
+
+def _insert(ranges: list, start: int, end: int) -> None:
+    """Add ``[start, end)`` to the sorted disjoint ``ranges``, merging neighbours."""
+    out = []
+    for s, e in ranges:
+        if e < start or s > end:
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    out.append((start, end))
+    out.sort()
+    ranges[:] = out
+
+
+def _gaps(ranges, start: int, end: int) -> list:
+    """The parts of ``[start, end)`` that the sorted ``ranges`` (may overlap) leave out."""
+    gaps = []
+    at = start
+    for s, e in ranges:
+        if e <= at:
+            continue
+        if s >= end:
+            break
+        if s > at:
+            gaps.append((at, s))
+        at = max(at, e)
+        if at >= end:
+            break
+    if at < end:
+        gaps.append((at, end))
+    return gaps
+
+
+def coalesce(spans, gap: int = COALESCE_GAP) -> list:
+    """Sorted ``[(start, end)]`` merged where at most ``gap`` bytes apart."""
+    out: list = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1] + gap:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
