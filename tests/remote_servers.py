@@ -38,6 +38,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self):
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
     def _file(self) -> Path | None:
         rel = self.path.split("?", 1)[0].lstrip("/")
         path = (self.server.root / rel).resolve()
@@ -121,6 +131,7 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests: list = []    # (method, body bytes)
         self.budget = None          # bytes left before connections break (None: never)
+        self.connections: set = set()   # open client connections (kept alive)
 
     def count(self, method: str, nbytes: int):
         with self.lock:
@@ -171,8 +182,17 @@ class RangeServer:
             self._server.budget = nbytes
 
     def stop(self):
+        """Stop listening and drop every open connection (kept-alive ones too), as a
+        server that goes away does."""
         self._server.shutdown()
         self._server.server_close()
+        with self._server.lock:
+            connections = list(self._server.connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._thread.join(10)
 
 
@@ -203,6 +223,13 @@ class MotoS3:
         self.options = {"key": "testing", "secret": "testing",
                         "client_kwargs": {"endpoint_url": self.endpoint,
                                           "region_name": "us-east-1"}}
+
+    def create_bucket(self, name: str):
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                     aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=name)
 
     def filesystem(self):
         import s3fs

@@ -103,6 +103,27 @@ def _failure(exc: BaseException, url: str, doing: str, what: str) -> TFShardErro
     return err
 
 
+def _raise(err: TFShardError, exc: BaseException):
+    """Raise ``err``: a RemoteStorageError keeps ``exc`` as its cause; the others (a
+    missing object, a short response) say all there is to say."""
+    if err is exc:
+        raise err
+    if isinstance(err, RemoteStorageError):
+        raise err from exc
+    raise err from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a refused connection lies behind ``exc`` (its causes and contexts)."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 def _with_retries(call, url: str, doing: str, what: str):
     """``call()`` with up to :data:`ATTEMPTS` tries while the deadline allows; a missing
     object and refused access are not retried."""
@@ -111,12 +132,14 @@ def _with_retries(call, url: str, doing: str, what: str):
         try:
             return call()
         except (FileNotFoundError, PermissionError, TFShardError) as exc:
-            raise _failure(exc, url, doing, what) from None
+            _raise(_failure(exc, url, doing, what), exc)
         except Exception as exc:  # fsspec's protocols raise many kinds: all are failures
             pause = 0.25 * (attempt + 1)
-            if attempt == ATTEMPTS - 1 or \
+            # A refused connection is not retried: nothing listens there, and protocol
+            # packages (botocore) have already retried it for seconds.
+            if attempt == ATTEMPTS - 1 or _refused(exc) or \
                     time.monotonic() - started + pause > REQUEST_TIMEOUT / 2:
-                raise _failure(exc, url, doing, what) from None
+                _raise(_failure(exc, url, doing, what), exc)
             time.sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -205,7 +228,7 @@ class Location:
         except ValueError as exc:
             raise UnsupportedError(f"cannot open {url}: {exc}", path=url) from None
         except Exception as exc:  # a protocol's constructor refusing its options
-            raise _failure(exc, url, "connecting to", "storage for") from None
+            _raise(_failure(exc, url, "connecting to", "storage for"), exc)
         return cls(trimmed, fs, path, storage_options)
 
     def suffixed(self, suffix: str) -> Location:
@@ -317,7 +340,7 @@ class Location:
         try:
             self.fs.makedirs(self.path, exist_ok=True)
         except Exception as exc:
-            raise _failure(exc, self.url, "creating", "directory") from None
+            _raise(_failure(exc, self.url, "creating", "directory"), exc)
 
 
 def _short(url, what, start, end, got) -> CorruptCheckpointError:
