@@ -40,6 +40,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm
+        # and the client's delayed ACK stall each response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.lock:
             self.server.connections.add(self.connection)
 
@@ -72,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
+        if self.path in ("/_stats", "/_reset"):  # counters for a server in a child process
+            return self._control()
         path = self._file()
         if path is None:
             self.server.count(self.command, 0)
@@ -119,6 +124,20 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.sendfile(f, start, cut)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+
+    def _control(self):
+        import json
+
+        with self.server.lock:
+            body = json.dumps({"requests": len(self.server.requests),
+                               "bytes": sum(n for _, n in self.server.requests)}).encode()
+            if self.path == "/_reset":
+                self.server.requests.clear()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):
@@ -244,3 +263,51 @@ class MotoS3:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(10)
+
+
+class ServerProcess:
+    """A :class:`RangeServer` in a child process (so a benchmark's client and server do
+    not share one interpreter); ``stats()`` and ``reset()`` read its counters."""
+
+    def __init__(self, root):
+        self._proc = subprocess.Popen([sys.executable, __file__, str(root)],
+                                      stdout=subprocess.PIPE, text=True)
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the HTTP server did not start: {line!r}")
+        self.url = line
+
+    def url_of(self, rel) -> str:
+        return f"{self.url}/{str(rel).lstrip('/')}"
+
+    def _get(self, what: str) -> dict:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_{what}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def stats(self) -> dict:
+        return self._get("stats")
+
+    def reset(self) -> dict:
+        return self._get("reset")
+
+    def stop(self):
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+
+
+if __name__ == "__main__":  # python remote_servers.py ROOT: serve ROOT until stopped
+    server = RangeServer(sys.argv[1])
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass

@@ -236,3 +236,26 @@ def test_bench_graph_quick(tmp_path):
         expected = {"INFO"} if case in GRAPH_INFO_CASES else {"PASS", "MISS"}
         assert row["status"] in expected, f"{case}: {row}\n{output}"
         assert row["tfshard"] is not None and row["ratio"] is not None, row
+
+
+REMOTE_CASES = ("rows_bytes", "load_bert", "rows_time", "rows_ratio_bytes")
+REMOTE_INFO_CASES = {"rows_time", "rows_ratio_bytes"}
+
+
+def test_bench_remote_help():
+    _check_help("bench_remote.py", REMOTE_CASES)
+
+
+def test_bench_remote_quick(tmp_path):
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    output, rows = _run_quick("bench_remote.py", REMOTE_CASES, tmp_path,
+                              "--workdir", tmp_path / "work",
+                              statuses=("PASS", "MISS", "INFO"))
+    for case, row in rows.items():
+        expected = {"INFO"} if case in REMOTE_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert row["tfshard"] is not None and row["tf"] is not None, row
+    # The byte budget is a property of what is fetched, not of the machine's speed.
+    assert rows["rows_bytes"]["status"] == "PASS", output
+    assert rows["rows_bytes"]["detail"]["requests"] == 2, output

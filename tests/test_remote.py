@@ -200,14 +200,22 @@ def test_missing_objects_are_checkpoint_not_found(served):
 def test_truncated_and_corrupt_data(served):
     root, server = served
     x = np.arange(1000.0)
-    tfshard.save(root / "t", {"x": x})
+    tfshard.save(root / "t", {"a": np.ones(500), "x": x})
+    with tfshard.open(root / "t") as local:
+        offset = local.info("x").offset
+    assert offset > 0
     data = root / "t.data-00000-of-00001"
     raw = bytearray(data.read_bytes())
-    raw[100] ^= 0xFF
+    raw[offset + 100] ^= 0xFF
     data.write_bytes(bytes(raw))
     with tfshard.open(server.url_of("t")) as ckpt:
-        with pytest.raises(tfshard.ChecksumMismatchError):
+        with pytest.raises(tfshard.ChecksumMismatchError) as info:
             ckpt["x"]
+    assert info.value.offset == offset and f"offset {offset}" in str(info.value)
+    # load() decodes from the fetched pieces; the error still names the object's offset.
+    with pytest.raises(tfshard.ChecksumMismatchError) as info:
+        tfshard.load(server.url_of("t"))
+    assert info.value.offset == offset and f"offset {offset}" in str(info.value)
     data.write_bytes(bytes(raw[:4000]))
     with tfshard.open(server.url_of("t")) as ckpt:
         with pytest.raises(tfshard.CorruptCheckpointError, match="ended early|shorter"):

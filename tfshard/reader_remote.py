@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass
 
 from . import _index, dtypes, state, storage
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, TFShardError
 from .paths import _DATA_RE, _SSTABLE_MAGIC, _V1_PATTERN_RE, _V1_SHARD_RE, data_filename
-from .reader import Checkpoint, _normalize_rows
+from .reader import Checkpoint, _Entry, _normalize_rows
 from .reader_v1 import V1Checkpoint
 from .slices import prod
 
@@ -43,6 +43,24 @@ class _Found:
     index: bytes | None = None
     v1_files: list | None = None
     v1_contents: list | None = None
+
+
+@dataclass(frozen=True)
+class _Shifted(_Entry):
+    """An entry whose ``offset`` is relative to ``source``, a fetched piece that starts
+    at byte ``delta`` of the data object."""
+    source: bytes
+    delta: int
+
+
+def _relocated(exc: TFShardError, delta: int) -> TFShardError:
+    """``exc`` with the offsets it names made relative to the data object again."""
+    if exc.offset is not None:
+        text = exc.message.replace(f"offset {exc.offset}", f"offset {exc.offset + delta}")
+        exc.offset += delta
+        exc.message = text
+        exc.args = (text,) + exc.args[1:]
+    return exc
 
 
 def new(cls, path, storage_options):
@@ -258,18 +276,22 @@ class RemoteCheckpoint(Checkpoint):
             self._extents = extents
         return self._extents.get(shard_id, 0)
 
-    def _shard(self, shard_id: int) -> storage.RangeBuffer:
+    def _shard(self, shard_id: int, whole: bool = False) -> storage.RangeBuffer:
+        """The buffer of data object ``shard_id``; ``whole``: all of it will be fetched."""
         with self._lock:
             self._check_open()
             shard = self._shards.get(shard_id)
             if shard is None:
                 name = data_filename("", shard_id, self.num_shards)
                 shard = self._shards[shard_id] = storage.RangeBuffer(
-                    self._location.suffixed(name), self._extent(shard_id), "data shard")
+                    self._location.suffixed(name), self._extent(shard_id), "data shard",
+                    populate=whole)
             return shard
 
     def _tensor_buffer(self, e, name: str, private: bool = False):
         shard = self._shard(e.shard_id)
+        if isinstance(e, _Shifted):
+            return e.source, shard
         end = e.offset + e.size
         if end > shard.size:
             raise CorruptCheckpointError(
@@ -293,7 +315,17 @@ class RemoteCheckpoint(Checkpoint):
                     row_bytes = e.size // e.shape[0]
                     start, end = e.offset + rows[0] * row_bytes, e.offset + rows[1] * row_bytes
             if end > start:
-                self._tensor_buffer(e, name)[1].ensure(start, end)
+                shard = self._tensor_buffer(e, name)[1]
+                buf, delta = shard.view(start, end)
+                if buf is not shard.buffer:
+                    # The bytes are a fetched piece that starts at byte `delta`: the
+                    # local decoding reads them at the entry's offset within the piece.
+                    shifted = _Shifted(e.dtype, e.shape, e.shard_id, e.offset - delta,
+                                       e.size, e.crc, e.num_slices, buf, delta)
+                    try:
+                        return super()._read_plain(i, name, shifted, verify, index, writable)
+                    except TFShardError as exc:
+                        raise _relocated(exc, delta) from None
         return super()._read_plain(i, name, e, verify, index, writable)
 
     def _prefetch(self) -> None:
@@ -303,9 +335,11 @@ class RemoteCheckpoint(Checkpoint):
         for shard, start, end in self._spans():
             per_shard.setdefault(shard, []).append((start, end))
         for shard_id, spans in sorted(per_shard.items()):
-            buf = self._shard(shard_id)
-            for start, end in storage.coalesce(spans):
-                buf.request(start, end)
+            # Runs of whole tensors, one request each, kept as the responses' bytes:
+            # every tensor then lies inside one piece and is decoded from it without a
+            # copy.  A tensor larger than CHUNK is a piece of its own.
+            self._shard(shard_id, whole=False).fetch_pieces(
+                storage.coalesce(spans, limit=storage.CHUNK))
 
     def close(self) -> None:
         with self._lock:

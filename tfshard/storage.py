@@ -360,11 +360,12 @@ class RangeBuffer:
     broken connection can never leave a partial tensor behind.
     """
 
-    def __init__(self, location: Location, size: int, what: str = "data shard"):
+    def __init__(self, location: Location, size: int, what: str = "data shard", *,
+                 populate: bool = False):
         self.location, self.size, self.what = location, size, what
         self.path = location.url
         try:
-            self._map = mmap.mmap(-1, size) if size else None
+            self._map = _anonymous_map(size, populate) if size else None
         except (OSError, OverflowError, ValueError) as exc:
             raise CorruptCheckpointError(
                 f"cannot reserve {size} bytes of memory for {what} {location.url} "
@@ -375,6 +376,9 @@ class RangeBuffer:
         self._pending: dict = {}    # (start, end) -> future of its fetch
         self._lock = threading.Lock()
         self._timed = _Timed()
+        # Pieces fetched whole and kept as the response's own bytes (see fetch_pieces).
+        self._piece_starts: list = []
+        self._pieces: dict = {}     # start -> (end, future of its bytes)
 
     def _fetch(self, start: int, end: int) -> None:
         try:
@@ -382,7 +386,7 @@ class RangeBuffer:
                                  "reading", self.what)
             if len(data) != end - start:
                 raise _short(self.path, self.what, start, end, len(data))
-            self._map[start:end] = data
+            _copy_into(self._map, start, data)
             with self._lock:
                 _insert(self._done, start, end)
         finally:
@@ -422,9 +426,76 @@ class RangeBuffer:
             futures = self.request(start, end)
             _wait(futures, self._timed.started, self.path, "reading", self.what)
 
+    def fetch_pieces(self, spans) -> None:
+        """Schedule the disjoint ``spans`` ``[(start, end)]``, each as one request whose
+        response is kept as it came (no copy into the map): :meth:`view` then hands out
+        any range inside one piece zero-copy.  For reading a whole object, where the
+        spans are runs of whole tensors."""
+        import bisect
+
+        with self._lock:
+            for start, end in spans:
+                start, end = max(0, start), min(end, self.size)
+                if end > start and start not in self._pieces:
+                    future = self._timed.submit(self._fetch_piece, start, end)
+                    self._pieces[start] = (end, future)
+                    bisect.insort(self._piece_starts, start)
+
+    def _fetch_piece(self, start: int, end: int) -> bytes:
+        data = _with_retries(lambda: self.location._cat(start, end), self.path, "reading",
+                             self.what)
+        if len(data) != end - start:
+            raise _short(self.path, self.what, start, end, len(data))
+        return data
+
+    def view(self, start: int, end: int):
+        """``(buffer, delta)`` once bytes ``[start, end)`` are present: byte ``x`` of the
+        object is ``buffer[x - delta]``.  A range inside one piece is that piece's bytes
+        (``delta`` its start); any other comes from the map (``delta`` 0)."""
+        import bisect
+
+        with self._lock:
+            k = bisect.bisect_right(self._piece_starts, start) - 1
+            piece = self._pieces.get(self._piece_starts[k]) if k >= 0 else None
+            piece_start = self._piece_starts[k] if k >= 0 else 0
+        if piece is not None and end <= piece[0]:
+            future = piece[1]
+            try:
+                _wait([future], self._timed.started, self.path, "reading", self.what)
+            except BaseException:
+                with self._lock:  # a failed piece is fetched again by the next reader
+                    if self._pieces.get(piece_start) is piece:
+                        del self._pieces[piece_start]
+                        self._piece_starts.remove(piece_start)
+                raise
+            return future.result(), piece_start
+        self.ensure(start, end)
+        return self.buffer, 0
+
     def close(self) -> None:
         """Forget the fetched bytes (arrays already returned keep their pages)."""
         self.buffer = b""
+        self._pieces = {}
+        self._piece_starts = []
+
+
+def _anonymous_map(size: int, populate: bool):
+    """An anonymous private map of ``size`` bytes; with ``populate`` (the caller will
+    fill all of it) its pages are made at once, which costs far less than a fault per
+    page (Linux's MAP_POPULATE; elsewhere the pages come on first touch as usual)."""
+    flag = getattr(mmap, "MAP_POPULATE", 0)
+    if populate and flag and hasattr(mmap, "MAP_ANONYMOUS"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flag)
+    return mmap.mmap(-1, size)
+
+
+def _copy_into(target, start: int, data) -> None:
+    """``target[start:start + len(data)] = data`` with the GIL released (numpy's copy
+    does): the event loop receiving the other responses keeps running meanwhile."""
+    import numpy as np
+
+    n = len(data)
+    np.frombuffer(target, np.uint8, n, start)[:] = np.frombuffer(data, np.uint8, n)
 
 
 def _insert(ranges: list, start: int, end: int) -> None:
@@ -459,11 +530,14 @@ def _gaps(ranges, start: int, end: int) -> list:
     return gaps
 
 
-def coalesce(spans, gap: int = COALESCE_GAP) -> list:
-    """Sorted ``[(start, end)]`` merged where at most ``gap`` bytes apart."""
+def coalesce(spans, gap: int = COALESCE_GAP, limit: int | None = None) -> list:
+    """Sorted ``[(start, end)]`` merged where at most ``gap`` bytes apart, and (with
+    ``limit``) only while the merged run stays within ``limit`` bytes: a span is never
+    cut, so one larger than ``limit`` stays a run of its own."""
     out: list = []
     for s, e in sorted(spans):
-        if out and s <= out[-1][1] + gap:
+        if out and s <= out[-1][1] + gap and \
+                (limit is None or max(e, out[-1][1]) - out[-1][0] <= limit):
             if e > out[-1][1]:
                 out[-1] = (out[-1][0], e)
         else:
