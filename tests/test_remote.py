@@ -409,3 +409,68 @@ def test_s3_missing_keys_and_dead_endpoint(s3):
     with pytest.raises(tfshard.RemoteStorageError, match="s3://bucket/ckpt"):
         tfshard.open("s3://bucket/ckpt", storage_options=dead)
     assert time.monotonic() - start < 60
+
+
+# ---- conversions and the command line ---------------------------------------------------
+
+def test_convert_between_urls_with_separate_options(s3, served):
+    root, server = served
+    from tfshard import conversion
+
+    rng = np.random.default_rng(6)
+    tensors = {"w": rng.standard_normal((6, 4)).astype(np.float32), "b": np.ones(4, np.float32)}
+    tfshard.save(root / "src", tensors)
+    # http source, s3 destination: the options are for the destination only.
+    report = conversion.convert(server.url_of("src"), "s3://bucket/conv/model.safetensors",
+                                dst_storage_options=s3.options)
+    assert report.outputs == ["s3://bucket/conv/model.safetensors"]
+    with pytest.raises(tfshard.OutputExistsError):
+        conversion.convert(server.url_of("src"), "s3://bucket/conv/model.safetensors",
+                           dst_storage_options=s3.options)
+    conversion.convert("s3://bucket/conv/model.safetensors", "s3://bucket/conv/back",
+                       storage_options=s3.options, max_shard_size=64)
+    back = tfshard.load("s3://bucket/conv/back", storage_options=s3.options)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(back[name], value)
+    assert conversion.verify("s3://bucket/conv/back", storage_options=s3.options).ok
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tfshard", *map(str, args)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def test_cli_takes_urls_and_storage_options(s3, tmp_path):
+    tfshard.save("s3://bucket/cli/ckpt", {"w": np.arange(6.0).reshape(2, 3)},
+                 storage_options=s3.options)
+    opts = ["--storage-option", "key=testing", "--storage-option", "secret=testing",
+            "--storage-option", f"client_kwargs.endpoint_url={s3.endpoint}",
+            "--storage-option", "client_kwargs.region_name=us-east-1"]
+    out = _cli("ls", "s3://bucket/cli/ckpt", "--json", *opts)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    listing = json.loads(out.stdout)
+    assert listing["prefix"] == "s3://bucket/cli/ckpt"
+    assert [t["shape"] for t in listing["tensors"]] == [[2, 3]]
+    out = _cli("convert", "s3://bucket/cli/ckpt", "s3://bucket/cli/m.safetensors", *opts)
+    assert out.returncode == 0, out.stderr
+    out = _cli("verify", "s3://bucket/cli/m.safetensors", *opts)
+    assert out.returncode == 0 and "s3://bucket/cli/m.safetensors" in out.stdout, out
+    out = _cli("ls", "s3://bucket/cli/absent", *opts)
+    assert out.returncode == 1 and "no checkpoint at" in out.stderr
+    out = _cli("ls", "s3://bucket/cli/ckpt", "--storage-option", "novalue")
+    assert out.returncode == 2 and "KEY=VALUE" in out.stderr
+
+
+def test_parse_option_nests_and_reads_json():
+    opts: dict = {}
+    storage.parse_option("anon=true", opts)
+    storage.parse_option("client_kwargs.endpoint_url=http://h:9", opts)
+    storage.parse_option("client_kwargs.verify=false", opts)
+    storage.parse_option("token=abc", opts)
+    assert opts == {"anon": True, "token": "abc",
+                    "client_kwargs": {"endpoint_url": "http://h:9", "verify": False}}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        storage.parse_option("=x", {})

@@ -25,6 +25,8 @@ on HTTP), ``put_file``/``pipe_file`` and ``rm_file`` are.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import mmap
 import os
 import re
@@ -39,7 +41,8 @@ from .errors import (
     UnsupportedError,
 )
 
-__all__ = ["is_url", "Location", "RangeBuffer", "REQUEST_TIMEOUT", "CHUNK", "IO_THREADS"]
+__all__ = ["is_url", "default_options", "parse_option", "Location", "RangeBuffer",
+           "REQUEST_TIMEOUT", "CHUNK", "IO_THREADS"]
 
 #: Seconds one request may run (retries included) before it is reported as a
 #: RemoteStorageError; a dead or silent server is reported within this time.
@@ -59,6 +62,26 @@ _URL_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*[A-Za-z][A-Za-z0-9+.\-]+:
 
 _pool = None
 _pool_lock = threading.Lock()
+# The storage_options used where a call gives none (see default_options).
+_defaults: contextvars.ContextVar = contextvars.ContextVar("tfshard_storage_options",
+                                                           default=None)
+
+
+@contextlib.contextmanager
+def default_options(storage_options):
+    """Within the ``with`` block, URLs opened without ``storage_options`` of their own
+    use these (a dict for fsspec; None: fsspec's configuration).  The command line's
+    ``--storage-option`` works through this; library functions that take no
+    ``storage_options`` argument (``tfshard.extract``, ``merge``...) honour it too.
+
+    >>> with tfshard.storage.default_options({"anon": True}):   # doctest: +SKIP
+    ...     tfshard.extract("gs://bucket/ckpt", "out.safetensors")
+    """
+    token = _defaults.set(storage_options)
+    try:
+        yield
+    finally:
+        _defaults.reset(token)
 
 
 def is_url(path) -> bool:
@@ -66,6 +89,39 @@ def is_url(path) -> bool:
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     return isinstance(path, str) and _URL_RE.match(path) is not None
+
+
+def parse_option(text: str, into: dict) -> dict:
+    """Add ``KEY=VALUE`` (the command line's ``--storage-option``) to the dict ``into``.
+
+    VALUE is read as JSON where it parses (``true``, ``3``, ``{"a": 1}``), else taken as
+    a string; a dotted KEY nests (``client_kwargs.endpoint_url=http://...`` sets
+    ``into["client_kwargs"]["endpoint_url"]``).
+
+    Raises
+    ------
+    ValueError
+        If ``text`` has no ``=`` or an empty key.
+    """
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ValueError(f"invalid storage option {text!r}: expected KEY=VALUE, e.g. "
+                         f"anon=true or client_kwargs.endpoint_url=http://127.0.0.1:9000")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    *parents, last = key.strip().split(".")
+    node = into
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = parsed
+    return into
 
 
 def _io_pool():
@@ -210,6 +266,8 @@ class Location:
             fsspec does not know the protocol.
         """
         url = os.fspath(url)
+        if storage_options is None:
+            storage_options = _defaults.get()
         if storage_options is not None and not isinstance(storage_options, dict):
             raise TypeError(f"storage_options must be a dict, got "
                             f"{type(storage_options).__name__}")
