@@ -26,6 +26,11 @@ load_bert
     ``tfshard.load(url)`` of ``bert`` (every tensor fetched, CRC-checked, decoded) vs
     downloading the checkpoint's files with fsspec (``fs.get``) into a temporary folder and
     ``tfshard.load`` of the local copy.  Target: >= 1.0x (moonshot 1.5x).
+load_bert_paced
+    ``load_bert`` again against a second server that paces each response to 100 MiB/s
+    (``--rate``), as object stores limit each connection: what concurrent ranged requests
+    buy against a single download stream.  For information (loopback with a simulated
+    limit is not a cloud store).
 rows_time, rows_ratio_bytes
     The same row-range read vs a full download of ``table``'s files (``fs.get``, as
     ``gsutil cp`` would): time ratio (download / rows) and bytes ratio (rows / download),
@@ -61,7 +66,7 @@ from _common import (  # noqa: E402
     version_of,
 )
 
-CASES = ("rows_bytes", "load_bert", "rows_time", "rows_ratio_bytes")
+CASES = ("rows_bytes", "load_bert", "load_bert_paced", "rows_time", "rows_ratio_bytes")
 BERT_FULL = dict(vocab=30522, hidden=768, layers=12, intermediate=3072, max_pos=512,
                  type_vocab=2)
 BERT_QUICK = dict(vocab=1000, hidden=64, layers=2, intermediate=256, max_pos=64, type_vocab=2)
@@ -103,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time", type=float, default=0.0,
                         help="least seconds per sample (calibrates calls per sample)")
     parser.add_argument("--workdir", type=Path, default=None, help="input cache directory")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="MiB/s per response of the paced server (load_bert_paced)")
     args = parse_benchmark_args(parser, argv, CASES, others="the baseline")
     t_start = time.perf_counter()
     log = print
@@ -150,17 +157,20 @@ def main(argv=None) -> int:
                              f"(index {index_size} + rows {row_bytes}); baseline column: "
                              f"the budget index + rows + 1 MiB")
 
-        def load_bert(row: Row):
+        def load_bert(row: Row, srv=None):
+            srv = srv or server
+            url = srv.url_of(f"{bert_dir.name}/ckpt")
+
             def remote():
-                return tfshard.load(bert_url)
+                return tfshard.load(url)
 
             def download():
-                return _download_then(fs, [f"{bert_url}{f[4:]}" for f in bert_files],
+                return _download_then(fs, [f"{url}{f[4:]}" for f in bert_files],
                                       lambda d: tfshard.load(d / "ckpt"))
 
-            server.reset()
+            srv.reset()
             got = remote()
-            stats = server.stats()
+            stats = srv.stats()
             with tfshard.open(bert_dir / "ckpt") as local:
                 if got.keys() != set(local) or not all(
                         np.array_equal(got[k], local[k]) for k in local):
@@ -180,6 +190,14 @@ def main(argv=None) -> int:
                 f"{data / MiB / row.tfshard:.0f} MiB/s vs {data / MiB / row.tf:.0f} MiB/s "
                 f"(baseline: fsspec fs.get, then tfshard.load of the local copy); "
                 f"moonshot 1.5x")
+
+        def load_bert_paced(row: Row):
+            paced = ServerProcess(args.workdir, rate=args.rate * MiB)
+            try:
+                load_bert(row, paced)
+            finally:
+                paced.stop()
+            row.notes.append(f"each response paced to {args.rate:g} MiB/s")
 
         timing_cache: dict = {}
 
@@ -219,6 +237,9 @@ def main(argv=None) -> int:
                            rows_bytes),
             "load_bert": (Row("load_bert", "tfshard.load(http url) vs fsspec download + load",
                               "s", threshold=1.0), load_bert),
+            "load_bert_paced": (Row("load_bert_paced", "load_bert against a server pacing "
+                                    "each response (per-connection limit)", "s"),
+                                load_bert_paced),
             "rows_time": (Row("rows_time", "open + 100 rows vs full download: time", "s"),
                           rows_time),
             "rows_ratio_bytes": (Row("rows_ratio_bytes", "open + 100 rows vs full download: "

@@ -2,7 +2,9 @@
 
 * :class:`RangeServer`: an HTTP/1.1 file server (GET with ``Range``, HEAD) over a local
   folder, counting the requests and body bytes it serves, and able to break off mid-
-  response (``break_after``) to play a connection lost during a load.
+  response (``break_after``) to play a connection lost during a load, or to pace each
+  response to a rate (as object stores limit each connection).  :class:`ServerProcess`
+  runs one in a child process.
 * :class:`MotoS3`: moto's S3-compatible server in a child process (``moto[server]``),
   for ``s3://`` through s3fs.
 
@@ -117,7 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
         with open(path, "rb") as f:
-            if cut is None:
+            if cut is None and self.server.rate:
+                self._send_paced(f, start, n)
+            elif cut is None:
                 self.connection.sendfile(f, start, n)
             else:  # the connection breaks after `cut` bytes of the body
                 if cut:
@@ -125,6 +129,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+
+    def _send_paced(self, f, start: int, n: int):
+        """Send at most ``server.rate`` bytes per second on this connection (as object
+        stores limit each connection), in 256 KiB steps."""
+        step = 256 << 10
+        began = time.monotonic()
+        sent = 0
+        while sent < n:
+            k = min(step, n - sent)
+            self.connection.sendfile(f, start + sent, k)
+            sent += k
+            ahead = sent / self.server.rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _control(self):
         import json
@@ -144,8 +162,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, rate: float | None = None):
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.rate = rate            # bytes per second per response (None: unlimited)
         self.root = root.resolve()
         self.lock = threading.Lock()
         self.requests: list = []    # (method, body bytes)
@@ -169,8 +188,8 @@ class _Server(ThreadingHTTPServer):
 class RangeServer:
     """An HTTP server with Range support over ``root`` on 127.0.0.1 (see module doc)."""
 
-    def __init__(self, root):
-        self._server = _Server(Path(root))
+    def __init__(self, root, rate: float | None = None):
+        self._server = _Server(Path(root), rate)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -269,9 +288,10 @@ class ServerProcess:
     """A :class:`RangeServer` in a child process (so a benchmark's client and server do
     not share one interpreter); ``stats()`` and ``reset()`` read its counters."""
 
-    def __init__(self, root):
-        self._proc = subprocess.Popen([sys.executable, __file__, str(root)],
-                                      stdout=subprocess.PIPE, text=True)
+    def __init__(self, root, rate: float | None = None):
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, str(root), *([str(rate)] if rate else [])],
+            stdout=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip()
         if not line.startswith("http://"):
             self.stop()
@@ -304,8 +324,8 @@ class ServerProcess:
                 self._proc.wait(10)
 
 
-if __name__ == "__main__":  # python remote_servers.py ROOT: serve ROOT until stopped
-    server = RangeServer(sys.argv[1])
+if __name__ == "__main__":  # python remote_servers.py ROOT [RATE]: serve ROOT until stopped
+    server = RangeServer(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None)
     print(server.url, flush=True)
     try:
         threading.Event().wait()

@@ -238,8 +238,9 @@ def test_bench_graph_quick(tmp_path):
         assert row["tfshard"] is not None and row["ratio"] is not None, row
 
 
-REMOTE_CASES = ("rows_bytes", "load_bert", "rows_time", "rows_ratio_bytes")
-REMOTE_INFO_CASES = {"rows_time", "rows_ratio_bytes"}
+REMOTE_CASES = ("rows_bytes", "load_bert", "load_bert_paced", "rows_time",
+                "rows_ratio_bytes")
+REMOTE_INFO_CASES = {"load_bert_paced", "rows_time", "rows_ratio_bytes"}
 
 
 def test_bench_remote_help():
