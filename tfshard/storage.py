@@ -60,6 +60,10 @@ COALESCE_GAP = 4096
 # optionally after chained protocols ("simplecache::s3://...").
 _URL_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*[A-Za-z][A-Za-z0-9+.\-]+://")
 
+# Protocols whose stores have no directories to create before writing an object.
+_NO_DIRECTORIES = frozenset(("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl",
+                             "memory", "http", "https", "oss", "r2"))
+
 _pool = None
 _pool_lock = threading.Lock()
 # The storage_options used where a call gives none (see default_options).
@@ -142,6 +146,9 @@ def _failure(exc: BaseException, url: str, doing: str, what: str) -> TFShardErro
         return exc
     if isinstance(exc, FileNotFoundError):
         return CheckpointNotFoundError(f"{what} {url} does not exist", path=url)
+    if isinstance(exc, NotImplementedError):  # e.g. uploading over plain HTTP
+        return UnsupportedError(f"{doing} {what} {url} is not possible: this protocol's "
+                                f"fsspec filesystem cannot do it", path=url)
     text = str(exc) or repr(exc)
     if "416" in text or "InvalidRange" in text:
         return CorruptCheckpointError(
@@ -187,7 +194,7 @@ def _with_retries(call, url: str, doing: str, what: str):
     for attempt in range(ATTEMPTS):
         try:
             return call()
-        except (FileNotFoundError, PermissionError, TFShardError) as exc:
+        except (FileNotFoundError, PermissionError, NotImplementedError, TFShardError) as exc:
             _raise(_failure(exc, url, doing, what), exc)
         except Exception as exc:  # fsspec's protocols raise many kinds: all are failures
             pause = 0.25 * (attempt + 1)
@@ -392,13 +399,21 @@ class Location:
             if not missing_ok:
                 raise
 
-    def makedirs(self) -> None:
-        """Create this directory where the filesystem has directories (object stores
-        have none: a no-op there)."""
+    def make_parent(self) -> None:
+        """Create this object's parent directory where the filesystem has directories
+        (local files, SFTP, HDFS...); object stores have none (creating a "directory"
+        there could create a bucket), so nothing is done for them."""
+        protos = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else \
+            tuple(self.fs.protocol)
+        if any(p in _NO_DIRECTORIES for p in protos):
+            return
+        parent = self.path.rstrip("/").rsplit("/", 1)[0]
+        if not parent:
+            return
         try:
-            self.fs.makedirs(self.path, exist_ok=True)
+            self.fs.makedirs(parent, exist_ok=True)
         except Exception as exc:
-            _raise(_failure(exc, self.url, "creating", "directory"), exc)
+            _raise(_failure(exc, self.url, "creating the folder of", "object"), exc)
 
 
 def _short(url, what, start, end, got) -> CorruptCheckpointError:

@@ -64,6 +64,7 @@ def upload_checkpoint(local_prefix: str, target: storage.Location, *,
     with open(local_prefix + _INDEX, "rb") as f:
         num_shards = _index.IndexTable(f.read(), local_prefix + _INDEX).header()["num_shards"]
     names = [data_filename("", i, num_shards) for i in range(num_shards)]
+    target.make_parent()
     uploaded = []
     try:
         futures = {name: storage._io_pool().submit(
@@ -246,6 +247,7 @@ class RemoteCheckpointManager(CheckpointManager):
             all_model_checkpoint_paths=list(self._kept),
             all_model_checkpoint_timestamps=list(self._kept.values()),
             last_preserved_timestamp=self._last_preserved), self.directory)
+        self._location.child(state.STATE_FILENAME).make_parent()
         self._location.child(state.STATE_FILENAME).put_bytes(
             text.encode("utf-8"), what="checkpoint state file")
         for old in doomed:

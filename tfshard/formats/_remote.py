@@ -123,6 +123,7 @@ class RemoteSink(Sink):
         parent = self._target.url.rsplit("/", 1)[0]
         # The file named by the URL last: a sharded model's index JSON names the shards.
         ordered = sorted(files, key=lambda p: os.path.basename(p) == self._name)
+        self._target.make_parent()
         uploaded = []
         try:
             for path in ordered:
