@@ -52,7 +52,7 @@ ATTEMPTS = 2
 #: The largest single ranged request; a larger read is split into concurrent ones.
 CHUNK = 8 << 20
 #: Requests in flight at once (threads, each waiting on one request).
-IO_THREADS = 16
+IO_THREADS = 8
 #: Tensors whose bytes lie at most this far apart are fetched by one request.
 COALESCE_GAP = 4096
 
