@@ -484,3 +484,25 @@ def test_file_urls_read_and_write_local_folders(tmp_path):
     mgr.save({"y": np.ones(2)})
     # The state file is TF's: a local manager and TensorFlow read it back.
     assert tfshard.latest_checkpoint(tmp_path / "run") == str(tmp_path / "run" / "ckpt-1")
+
+
+def test_v1_latest_checkpoint_and_range_ignoring_server(served, monkeypatch):
+    root, server = served
+    shutil.copytree(V1_DIR / "sharded", root / "v1")
+    (root / "v1" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-?????-of-00002"\n')
+    url = server.url_of("v1")
+    assert tfshard.latest_checkpoint(url) == url + "/model.ckpt-?????-of-00002"
+    assert len(tfshard.load(url)) == len(tfshard.load(V1_DIR / "sharded" / "model.ckpt-?????-of-00002"))
+    tfshard.save(root / "r", {"x": np.arange(100.0), "y": np.ones(100)})
+    from remote_servers import _Handler
+
+    serve = _Handler.do_GET
+
+    def ignore_range(self):  # a server that answers every GET with the whole file
+        del self.headers["Range"]
+        return serve(self)
+
+    monkeypatch.setattr(_Handler, "do_GET", ignore_range)
+    with tfshard.open(server.url_of("r")) as ckpt:  # the index is read whole anyway
+        with pytest.raises(tfshard.RemoteStorageError, match="ignores HTTP Range"):
+            ckpt["y"]

@@ -212,12 +212,11 @@ def latest_checkpoint(directory, storage_options=None) -> str | None:
     prefix = _at(loc, st.model_checkpoint_path)
     if prefix.suffixed(_INDEX).exists(what="index file"):
         return prefix.url
-    if _V1_PATTERN_RE.match(prefix.url) or prefix.exists(what="V1 checkpoint file"):
-        try:
-            return prefix.url if _v1(prefix) is not None else None
-        except CheckpointNotFoundError:
-            return None
-    return None
+    # A V1 checkpoint: its file, or the first file of its shard pattern (a HEAD each).
+    pattern = _V1_PATTERN_RE.match(prefix.url)
+    first = prefix.trimmed(len("-?????-of-") + len(pattern["count"])).suffixed(
+        f"-00000-of-{pattern['count']}") if pattern else prefix
+    return prefix.url if first.exists(what="V1 checkpoint file") else None
 
 
 # ---- the readers ---------------------------------------------------------------------

@@ -416,7 +416,12 @@ class Location:
             _raise(_failure(exc, self.url, "creating the folder of", "object"), exc)
 
 
-def _short(url, what, start, end, got) -> CorruptCheckpointError:
+def _short(url, what, start, end, got) -> TFShardError:
+    """The error for a ranged response of ``got`` bytes where ``end - start`` were asked."""
+    if got > end - start:
+        return RemoteStorageError(
+            f"reading {what} {url} failed: the server sent {got} bytes for the range "
+            f"[{start}, {end}) of {end - start} (it ignores HTTP Range requests)", path=url)
     return CorruptCheckpointError(
         f"{what} {url} ended early: bytes [{start}, {end}) were asked for and {got} came "
         f"back (the object is truncated or from another save)", path=url, offset=start + got)
