@@ -506,3 +506,33 @@ def test_v1_latest_checkpoint_and_range_ignoring_server(served, monkeypatch):
     with tfshard.open(server.url_of("r")) as ckpt:  # the index is read whole anyway
         with pytest.raises(tfshard.RemoteStorageError, match="ignores HTTP Range"):
             ckpt["y"]
+
+
+def test_reads_without_an_in_memory_file(served, monkeypatch):
+    """Where the OS has no memfd (macOS, Windows), fetched ranges go to an anonymous map."""
+    root, server = served
+    monkeypatch.setattr(storage, "_memory_file", lambda size: (-1, None))
+    emb = np.arange(2000 * 16, dtype=np.float32).reshape(2000, 16)
+    tfshard.save(root / "f", {"emb": emb})
+    with tfshard.open(server.url_of("f")) as ckpt:
+        server.reset()
+        np.testing.assert_array_equal(ckpt.read("emb", index=np.s_[10:20]), emb[10:20])
+        assert server.bytes_served == 10 * 16 * 4
+        whole = ckpt["emb"]
+        np.testing.assert_array_equal(whole, emb)
+        assert not whole.flags.writeable
+        ckpt.release("emb")
+        np.testing.assert_array_equal(whole, emb)
+
+
+def test_release_keeps_values(served):
+    root, server = served
+    x = np.arange(100000, dtype=np.float64)
+    tfshard.save(root / "rel", {"x": x})
+    with tfshard.open(server.url_of("rel")) as ckpt:
+        view = ckpt["x"]
+        ckpt.release("x")  # drops this process's pages; the fetched bytes stay
+        np.testing.assert_array_equal(view, x)
+        server.reset()
+        np.testing.assert_array_equal(ckpt["x"], x)
+        assert server.requests == 0

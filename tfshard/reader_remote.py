@@ -227,7 +227,9 @@ class RemoteCheckpoint(Checkpoint):
     Arrays are read-only views of the fetched bytes (copies where the local reader copies
     too).  Only the bytes a read needs are fetched, once: a tensor's bytes (in concurrent
     pieces when large), or for a row-range :meth:`read` without ``verify=True`` only
-    those rows.  ``release`` is a no-op (fetched bytes stay until the arrays go).
+    those rows.  Fetched bytes stay with the checkpoint (each is fetched once);
+    ``release`` drops this process's pages of them where they sit in an in-memory file,
+    without changing any value.
     """
 
     def __init__(self, path, *, verify: bool = True, storage_options=None):

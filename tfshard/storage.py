@@ -11,10 +11,12 @@ never imports it.  The reader and writer see byte ranges, not protocols:
   becomes a tfshard error naming the URL: a missing object a
   :class:`~tfshard.CheckpointNotFoundError`, anything else a
   :class:`~tfshard.RemoteStorageError` whose ``__cause__`` is fsspec's exception.
-* :class:`RangeBuffer` holds the bytes of one data object as they are fetched: an
-  anonymous memory map of the object's size in which each fetched range lands at its own
-  offset, so the local reader's decoding, checksum and view code reads it unchanged, and
-  memory is spent only on the pages actually fetched.  Ranges are fetched concurrently (in
+* :class:`RangeBuffer` holds the bytes of one data object as they are fetched: a map of
+  the object's size (an in-memory file where the OS has one, else anonymous memory) in
+  which each fetched range lands at its own offset, so the local reader's decoding,
+  checksum and view code reads it unchanged, and memory is spent only on the bytes
+  actually fetched; for a whole-object read, runs of whole tensors kept as the responses'
+  own bytes (:meth:`RangeBuffer.fetch_pieces`).  Ranges are fetched concurrently (in
   pieces of at most :data:`CHUNK` bytes), each byte at most once, and a range counts as
   present only once its whole response has arrived.
 
@@ -32,6 +34,7 @@ import os
 import re
 import threading
 import time
+import weakref
 
 from .errors import (
     CheckpointNotFoundError,
@@ -430,9 +433,10 @@ def _short(url, what, start, end, got) -> TFShardError:
 class RangeBuffer:
     """The bytes of one data object, fetched on demand.
 
-    ``buffer`` is a read-only view of an anonymous memory map of ``size`` bytes in which
-    every fetched range sits at its own offset (unfetched pages are never touched, so
-    they cost no memory).  :meth:`request` schedules ranges without waiting;
+    ``buffer`` is a read-only map of ``size`` bytes in which every fetched range sits at
+    its own offset: an in-memory file (Linux's memfd; responses are written into it with
+    ``pwrite`` and their buffers freed at once), else an anonymous map.  Unfetched parts
+    are holes that cost no memory.  :meth:`request` schedules ranges without waiting;
     :meth:`ensure` waits until a range is present.  Each byte is fetched at most once; a
     range counts as present only after its whole response has been copied in, so a
     broken connection can never leave a partial tensor behind.
@@ -442,14 +446,26 @@ class RangeBuffer:
                  populate: bool = False):
         self.location, self.size, self.what = location, size, what
         self.path = location.url
+        self._fd = -1
         try:
-            self._map = _anonymous_map(size, populate) if size else None
+            if size:
+                self._fd, self._map = _memory_file(size)
+                if self._map is None:
+                    self._map = _anonymous_map(size, populate)
+            else:
+                self._map = None
         except (OSError, OverflowError, ValueError) as exc:
             raise CorruptCheckpointError(
                 f"cannot reserve {size} bytes of memory for {what} {location.url} "
                 f"({exc}); the index records tensors up to that offset", path=location.url
             ) from None
-        self.buffer = memoryview(self._map).toreadonly() if size else b""
+        if self._fd >= 0:
+            # The descriptor stays open while fetches may write through it: closed when
+            # this buffer goes (in-flight fetches hold it), never reused under them.
+            weakref.finalize(self, os.close, self._fd)
+            self.buffer = self._map    # a read-only map: views of it are read-only
+        else:
+            self.buffer = memoryview(self._map).toreadonly() if size else b""
         self._done: list = []       # sorted, disjoint [start, end) ranges present
         self._pending: dict = {}    # (start, end) -> future of its fetch
         self._lock = threading.Lock()
@@ -464,7 +480,10 @@ class RangeBuffer:
                                  "reading", self.what)
             if len(data) != end - start:
                 raise _short(self.path, self.what, start, end, len(data))
-            _copy_into(self._map, start, data)
+            if self._fd >= 0:
+                _pwrite_all(self._fd, data, start)
+            else:
+                _copy_into(self._map, start, data)
             with self._lock:
                 _insert(self._done, start, end)
         finally:
@@ -555,6 +574,34 @@ class RangeBuffer:
         self.buffer = b""
         self._pieces = {}
         self._piece_starts = []
+
+
+def _memory_file(size: int):
+    """``(fd, read-only map)`` of an anonymous in-memory file of ``size`` bytes (Linux's
+    memfd), or ``(-1, None)`` where there is none.  Fetched bytes are written into it
+    with ``pwrite`` (no page faults in this process, the GIL released), so the response
+    buffers are freed at once and reused for the next responses; the map is what the
+    reader views, holes never read."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return -1, None
+    try:
+        fd = create("tfshard-remote", getattr(os, "MFD_CLOEXEC", 0))
+    except OSError:
+        return -1, None
+    try:
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _anonymous_map(size: int, populate: bool):
