@@ -307,7 +307,8 @@ class _FailingPuts:
 
 def test_failed_upload_leaves_no_index_and_no_data(monkeypatch):
     fs = fsspec.filesystem("memory")
-    fs.rm("/wfail", recursive=True) if fs.exists("/wfail") else None
+    if fs.exists("/wfail"):
+        fs.rm("/wfail", recursive=True)
     tfshard.save("memory://wfail/old", {"x": np.arange(3.0)})
     _FailingPuts(monkeypatch, fs, "data-00001")
     with pytest.raises(tfshard.RemoteStorageError, match="data-00001"):
@@ -536,3 +537,23 @@ def test_release_keeps_values(served):
         server.reset()
         np.testing.assert_array_equal(ckpt["x"], x)
         assert server.requests == 0
+
+
+def test_server_stopped_during_load(tmp_path):
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    tfshard.save(root / "m", {f"t{i}": rng.standard_normal(250_000) for i in range(4)})
+    server = RangeServer(root, rate=8 << 20)  # 8 MB take about a second to serve
+    stopper = threading.Timer(0.3, server.stop)
+    try:
+        stopper.start()
+        start = time.monotonic()
+        with pytest.raises(tfshard.RemoteStorageError) as info:
+            tfshard.load(server.url_of("m"))
+        assert time.monotonic() - start < 60
+        assert "127.0.0.1" in str(info.value) and info.value.__cause__ is not None
+    finally:
+        stopper.join()
