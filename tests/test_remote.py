@@ -557,3 +557,24 @@ def test_server_stopped_during_load(tmp_path):
         assert "127.0.0.1" in str(info.value) and info.value.__cause__ is not None
     finally:
         stopper.join()
+
+
+def test_concurrent_readers_fetch_each_byte_once(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, server = served
+    emb = np.arange(4000 * 32, dtype=np.float32).reshape(4000, 32)
+    tfshard.save(root / "cc", {"emb": emb})
+    with tfshard.open(server.url_of("cc")) as ckpt:
+        server.reset()
+        spans = [(i * 100, i * 100 + 300) for i in range(30)]  # overlapping row ranges
+        with ThreadPoolExecutor(8) as pool:
+            parts = list(pool.map(lambda s: ckpt.read("emb", index=np.s_[s[0]:s[1]]), spans))
+        for (a, b), part in zip(spans, parts):
+            np.testing.assert_array_equal(part, emb[a:b])
+        assert server.bytes_served <= emb.nbytes
+        with ThreadPoolExecutor(8) as pool:
+            wholes = list(pool.map(lambda _: ckpt["emb"], range(8)))
+        for whole in wholes:
+            np.testing.assert_array_equal(whole, emb)
+        assert server.bytes_served == emb.nbytes  # every byte once, whoever asked
