@@ -429,9 +429,11 @@ def fmt_ratio(ratio: float | None) -> str:
     return f"{ratio:.3g}x" if ratio < 1000 else f"{ratio:,.0f}x"
 
 
-def print_table(rows: Sequence[Row], file=None) -> None:
+def print_table(rows: Sequence[Row], file=None, columns=("TF", "safetensors")) -> None:
+    """Print the table; ``columns`` names the two comparison columns (rows keep their
+    values in ``tf`` and ``safetensors``)."""
     file = file or sys.stdout
-    header = ("case", "tfshard", "TF", "safetensors", "ratio", "target", "result")
+    header = ("case", "tfshard", *columns, "ratio", "target", "result")
     body = [(r.case, fmt_value(r.tfshard, r.unit), fmt_value(r.tf, r.unit),
              fmt_value(r.safetensors, r.unit), fmt_ratio(r.ratio), r.target, r.status)
             for r in rows]
@@ -522,7 +524,7 @@ def library_environment(tf, tfshard_module, why: str | None) -> dict[str, str]:
 
 
 def finish(benchmark: str, args, rows: Sequence[Row], env: Mapping[str, str], inputs: Any,
-           settings: str, t_start: float) -> int:
+           settings: str, t_start: float, columns=("TF", "safetensors")) -> int:
     """Print a benchmark's header and table, write ``--json``; returns the exit status
     (1 when a case failed to run or returned wrong values, else 0)."""
     print()
@@ -531,7 +533,7 @@ def finish(benchmark: str, args, rows: Sequence[Row], env: Mapping[str, str], in
     print("  " + ", ".join(f"{k} {v}" for k, v in env.items()))
     print(f"  {settings}")
     print()
-    print_table(rows)
+    print_table(rows, columns=columns)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         dump_json(args.json, {

@@ -273,3 +273,27 @@ def test_bench_scale_quick(tmp_path):
     assert "extrapolated" in output, output
     # Only the cached inputs remain: the scratch directory for written files is removed.
     assert all(not p.name.startswith("scale.") for p in work.iterdir()), list(work.iterdir())
+
+
+REMOTE_CASES = ("rows_bytes", "load_bert", "load_bert_paced", "rows_time",
+                "rows_ratio_bytes")
+REMOTE_INFO_CASES = {"load_bert_paced", "rows_time", "rows_ratio_bytes"}
+
+
+def test_bench_remote_help():
+    _check_help("bench_remote.py", REMOTE_CASES)
+
+
+def test_bench_remote_quick(tmp_path):
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    output, rows = _run_quick("bench_remote.py", REMOTE_CASES, tmp_path,
+                              "--workdir", tmp_path / "work",
+                              statuses=("PASS", "MISS", "INFO"))
+    for case, row in rows.items():
+        expected = {"INFO"} if case in REMOTE_INFO_CASES else {"PASS", "MISS"}
+        assert row["status"] in expected, f"{case}: {row}\n{output}"
+        assert row["tfshard"] is not None and row["tf"] is not None, row
+    # The byte budget is a property of what is fetched, not of the machine's speed.
+    assert rows["rows_bytes"]["status"] == "PASS", output
+    assert rows["rows_bytes"]["detail"]["requests"] == 2, output

@@ -168,10 +168,12 @@ class CheckpointReader:
         checkpoint; V1 checkpoints included.
     verify : bool
         Check each tensor's CRC-32C when it is first read, as TF does.
+    storage_options : dict, optional
+        For a URL path: options for fsspec's filesystem.
     """
 
-    def __init__(self, path, *, verify: bool = True):
-        self._ckpt = Checkpoint(path, verify=verify)
+    def __init__(self, path, *, verify: bool = True, storage_options=None):
+        self._ckpt = Checkpoint(path, verify=verify, storage_options=storage_options)
 
     @property
     def prefix(self) -> str:
@@ -242,16 +244,19 @@ class CheckpointReader:
         return f"<tfshard.CheckpointReader {self._ckpt.prefix!r}>"
 
 
-def load_checkpoint(path, *, verify: bool = True) -> CheckpointReader:
+def load_checkpoint(path, *, verify: bool = True, storage_options=None) -> CheckpointReader:
     """Open a checkpoint like ``tf.train.load_checkpoint``, without TensorFlow.
 
     Parameters
     ----------
     path : str or os.PathLike
         A checkpoint prefix, its ``.index`` file, a data shard, or a directory
-        (its ``checkpoint`` state file names the latest checkpoint).
+        (its ``checkpoint`` state file names the latest checkpoint); or a URL
+        (``gs://bucket/train``), read through fsspec.
     verify : bool
         Check each tensor's CRC-32C on its first read (TF always does).
+    storage_options : dict, optional
+        For a URL: options for fsspec's filesystem.
 
     Returns
     -------
@@ -264,4 +269,4 @@ def load_checkpoint(path, *, verify: bool = True) -> CheckpointReader:
     CorruptCheckpointError
         If its index is malformed.
     """
-    return CheckpointReader(path, verify=verify)
+    return CheckpointReader(path, verify=verify, storage_options=storage_options)

@@ -11,6 +11,7 @@ over these functions.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 import sys
@@ -20,7 +21,15 @@ from dataclasses import dataclass, field
 from . import dtypes
 from .errors import CorruptCheckpointError, InvalidTensorError, NothingSelectedError, UnsupportedError
 from .objectgraph import OBJECT_GRAPH_KEY, model_keys, serialized_graph, without_keys
-from .formats import CHECKSUM_KEY, create_sink, detect_format, open_source, unsupported
+from .formats import (
+    CHECKSUM_KEY,
+    create_sink,
+    detect_format,
+    fmt_of_url,
+    open_source,
+    unsupported,
+)
+from .storage import default_options, is_url
 
 __all__ = ["convert", "extract", "merge", "rename", "strip", "diff", "verify",
            "average", "reshard", "find_ema",
@@ -326,7 +335,9 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
             transpose: Iterable[str] = (), prefer_ema: bool = False,
             framework: str | None = None, max_shard_size: int | None = None,
             overwrite: bool = False, progress: bool | None = False,
-            skip_unsupported: bool = False) -> ConvertReport:
+            skip_unsupported: bool = False, storage_options: dict | None = None,
+            src_storage_options: dict | None = None,
+            dst_storage_options: dict | None = None) -> ConvertReport:
     """Convert a model between formats: TF checkpoint, safetensors, ``.npz``, PyTorch.
 
     Parameters
@@ -381,6 +392,12 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
         Leave out the tensors the output format cannot hold (strings or
         complex128 in safetensors...) and list them in the report's
         ``skipped``, instead of refusing the conversion.
+    storage_options : dict, optional
+        For ``src`` and ``dst`` given as URLs (``s3://``, ``gs://``,
+        ``https://``...): options for fsspec's filesystems, both sides.
+    src_storage_options, dst_storage_options : dict, optional
+        Options for one side only, when the two differ (they take precedence
+        over ``storage_options``).
 
     Returns
     -------
@@ -420,9 +437,14 @@ def convert(src, dst, *, src_format: str | None = None, dst_format: str | None =
                                  "give a dtype too")
     transpose_re = _compile_patterns(transposes, "transpose")
     report = ConvertReport()
-    out_format = dst_format or detect_format(dst, for_output=True)
+    src_opts = storage_options if src_storage_options is None else src_storage_options
+    dst_opts = storage_options if dst_storage_options is None else dst_storage_options
+    out_format = dst_format or (fmt_of_url(str(dst)) if is_url(dst) else
+                                detect_format(dst, for_output=True))
     to_tf = out_format == "tf"
-    with open_source(src, src_format) as source:
+    # The output is created deep inside; it takes its options from this context.
+    with open_source(src, src_format, storage_options=src_opts) as source, \
+            (default_options(dst_opts) if dst_opts is not None else contextlib.nullcontext()):
         every = source.names()
         if prefer_ema:
             from .surgery.ema import source_averages
@@ -853,7 +875,7 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(path, *, progress: bool | None = False) -> VerifyReport:
+def verify(path, *, progress: bool | None = False, storage_options=None) -> VerifyReport:
     """Check every tensor's checksum and every index entry of a TF checkpoint,
     reporting every bad tensor rather than stopping at the first.
 
@@ -864,7 +886,12 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
     A safetensors model (``*.safetensors``, ``*.safetensors.index.json``) is checked
     against the CRC-32C values tfshard records in its metadata (see
     :data:`tfshard.formats.CHECKSUM_KEY`); tensors without one are noted.
+
+    ``path`` may be a URL; ``storage_options`` are then fsspec's options for it.
     """
+    if storage_options is not None:
+        with default_options(storage_options):
+            return verify(path, progress=progress)
     import os
 
     from .paths import data_filename
@@ -875,12 +902,19 @@ def verify(path, *, progress: bool | None = False) -> VerifyReport:
         return _verify_safetensors(path, progress)
     report = VerifyReport()
     with open_checkpoint(path, verify=True) as ckpt:
+        if is_url(ckpt.prefix):  # a HEAD per data object (never fsspec's exists())
+            from .storage import Location
+
+            def exists(url):
+                return Location.parse(url).exists(what="data shard")
+        else:
+            exists = os.path.exists
         report.path = ckpt.prefix
         infos = ckpt.infos()
         missing = {}  # shard id -> [names of the tensors it holds]
         if not isinstance(ckpt, V1Checkpoint):  # V1 files were all read when it opened
             for shard in range(ckpt.num_shards):
-                if not os.path.exists(data_filename(ckpt.prefix, shard, ckpt.num_shards)):
+                if not exists(data_filename(ckpt.prefix, shard, ckpt.num_shards)):
                     missing[shard] = []
         bar = _Progress(sum(i.nbytes for i in infos), "verifying", progress)
         per_shard: dict = {}

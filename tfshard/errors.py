@@ -22,6 +22,7 @@ __all__ = [
     "NothingSelectedError",
     "WriteFailedError",
     "ReadFailedError",
+    "RemoteStorageError",
     "CheckpointChangedError",
     "RestoreError",
     "CorruptGraphError",
@@ -144,6 +145,16 @@ class WriteFailedError(_OSFailure):
 class ReadFailedError(_OSFailure):
     """A file of a checkpoint or model exists but the system refused to read it
     (a symlink loop, permissions, an I/O error...)."""
+
+
+class RemoteStorageError(_OSFailure):
+    """Reading or writing an object at a URL (``s3://``, ``gs://``, ``http://``...)
+    failed for a reason other than its absence: refused credentials, a timeout, a
+    lost or refused connection, a server error.  ``path`` is the object's URL and
+    ``__cause__`` the exception fsspec (or its protocol package) raised.  No array
+    is ever built from a response that did not arrive whole; a failed write
+    leaves no index object behind.  A missing object is a
+    :class:`CheckpointNotFoundError` instead."""
 
 
 class CheckpointChangedError(TFShardError, RuntimeError):

@@ -37,6 +37,7 @@ from ._util import (
 from .errors import InvalidTensorError, OutputExistsError, TFShardError
 from .paths import checkpoint_layout, index_filename, lock_filename
 from .state import STATE_FILENAME, CheckpointState, read_state, write_state
+from .storage import is_url
 from .writer import DEFAULT_ALIGNMENT, CheckpointWriter
 
 __all__ = ["CheckpointManager"]
@@ -48,7 +49,10 @@ class CheckpointManager:
     Parameters
     ----------
     directory : str or os.PathLike
-        Where checkpoints and the ``checkpoint`` state file live (created if needed).
+        Where checkpoints and the ``checkpoint`` state file live (created if needed);
+        or a directory URL (``s3://bucket/run``): each checkpoint is uploaded, data
+        objects first, its index next, the state file last
+        (:class:`tfshard.writer_remote.RemoteCheckpointManager`).
     max_to_keep : int or None
         How many recent checkpoints to keep (default 5); None keeps all.
     checkpoint_name : str
@@ -56,6 +60,8 @@ class CheckpointManager:
     keep_checkpoint_every_n_hours : float, optional
         Additionally keep, forever, one checkpoint per this many hours (it is
         dropped from the state file's list but not deleted), as TF does.
+    storage_options : dict, optional
+        For a URL: options for fsspec's filesystem.
     num_shards, max_shard_size, alignment, fsync
         Passed to :class:`~tfshard.CheckpointWriter` for every save; ``fsync``
         also covers the state file.
@@ -98,7 +104,16 @@ class CheckpointManager:
     'train/ckpt-1'
     """
 
+    def __new__(cls, directory=None, *args, **kwargs):
+        # A directory URL: uploads, state file last (tfshard.writer_remote).
+        if cls is CheckpointManager and directory is not None and is_url(directory):
+            from .writer_remote import RemoteCheckpointManager
+
+            return super().__new__(RemoteCheckpointManager)
+        return super().__new__(cls)
+
     def __init__(self, directory, max_to_keep: int | None = 5, *,
+                 storage_options=None,
                  checkpoint_name: str = "ckpt",
                  keep_checkpoint_every_n_hours: float | None = None,
                  num_shards: int = 1, max_shard_size: int | None = None,

@@ -164,7 +164,7 @@ def _index_exists(prefix: str) -> bool:
     return os.path.isfile(index)
 
 
-def latest_checkpoint(directory) -> str | None:
+def latest_checkpoint(directory, *, storage_options=None) -> str | None:
     """Prefix of the latest checkpoint named by ``directory/checkpoint``.
 
     Mirrors ``tf.train.latest_checkpoint``: the prefix is returned only if its
@@ -175,7 +175,10 @@ def latest_checkpoint(directory) -> str | None:
     Parameters
     ----------
     directory : str or os.PathLike
-        Directory holding the ``checkpoint`` state file.
+        Directory holding the ``checkpoint`` state file; or a URL
+        (``s3://bucket/train``), read through fsspec, whose result is a URL.
+    storage_options : dict, optional
+        For a URL: options for fsspec's filesystem.
 
     Returns
     -------
@@ -188,6 +191,12 @@ def latest_checkpoint(directory) -> str | None:
     CorruptCheckpointError
         If the state file exists but cannot be parsed.
     """
+    from .storage import is_url
+
+    if is_url(directory):
+        from .reader_remote import latest_checkpoint as remote_latest
+
+        return remote_latest(directory, storage_options)
     directory = os.fspath(directory)
     st = state.read_state(directory)
     if st is None:

@@ -28,6 +28,7 @@ from .errors import (
 from ._util import close_map, drop_pages, gc_paused, open_regular, read_error
 from .paths import checkpoint_version, data_filename, index_filename, resolve_prefix
 from .slices import assemble, covering, prod, spec
+from .storage import is_url as _is_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -190,6 +191,11 @@ class Checkpoint(Mapping):
     _views = None
 
     def __new__(cls, path=None, *args, **kwargs):
+        # A URL opens through the storage layer (tfshard.reader_remote), resolved once.
+        if path is not None and _is_url(path):
+            from . import reader_remote
+
+            return reader_remote.new(cls, path, kwargs.get("storage_options"))
         # A legacy V1 checkpoint opens as a V1Checkpoint, so every caller of
         # Checkpoint(path) reads both formats.
         if cls is Checkpoint and path is not None and \
@@ -199,7 +205,8 @@ class Checkpoint(Mapping):
             return super().__new__(V1Checkpoint)
         return super().__new__(cls)
 
-    def __init__(self, path, *, verify: bool = True):
+    def __init__(self, path, *, verify: bool = True, storage_options=None):
+        # storage_options only matter for URLs (tfshard.reader_remote.RemoteCheckpoint).
         self.verify = bool(verify)
         self._shards: dict[int, _Shard] = {}
         self._verified: set[int] = set()
@@ -860,6 +867,10 @@ class Checkpoint(Mapping):
 
     # ---- lifetime -------------------------------------------------------
 
+    def _prefetch(self) -> None:
+        """Before a whole-checkpoint read: nothing to do for local files (a remote
+        checkpoint schedules every byte at once)."""
+
     def close(self) -> None:
         """Release the files.  Idempotent; arrays already returned stay valid."""
         with self._lock:
@@ -968,7 +979,7 @@ def _writable(arr):
 
 # ---- module-level convenience functions ----------------------------------
 
-def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors builtins.open
+def open(path, verify: bool = True, *, storage_options=None) -> Checkpoint:  # noqa: A001
     """Open a checkpoint for reading.
 
     Parameters
@@ -976,9 +987,16 @@ def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors built
     path : str or os.PathLike
         A checkpoint prefix (``.../model.ckpt-100``), its ``.index`` file, one
         of its data shards, or a directory whose ``checkpoint`` state file
-        names the latest checkpoint.
+        names the latest checkpoint.  A URL (``s3://bucket/train/ckpt-100``,
+        ``gs://``, ``http(s)://``, any protocol fsspec knows) is read through
+        fsspec, fetching only the byte ranges each read needs (see
+        ``docs/remote.md``).
     verify : bool
         Check each tensor's CRC-32C on its first whole read.
+    storage_options : dict, optional
+        For a URL: options for fsspec's filesystem (credentials, endpoint...);
+        without them fsspec's usual configuration applies.  Ignored for local
+        paths.
 
     Returns
     -------
@@ -994,29 +1012,35 @@ def open(path, verify: bool = True) -> Checkpoint:  # noqa: A001 - mirrors built
         If the index is malformed.
     IncompatibleVersionError
         If the checkpoint's version record refuses this reader.
+    RemoteStorageError
+        For a URL, if the storage fails (credentials, timeout, lost connection).
     """
-    return Checkpoint(path, verify=verify)
+    return Checkpoint(path, verify=verify, storage_options=storage_options)
 
 
-def load(path, verify: bool = True, *, threads: int | None = None) -> dict:
+def load(path, verify: bool = True, *, threads: int | None = None,
+         storage_options=None) -> dict:
     """Read every tensor of a checkpoint into a dict of numpy arrays.
 
     The arrays are read-only views of the memory-mapped shards where the
     bytes allow (they remain valid; copy them to modify).  With ``verify``,
     every CRC-32C is checked in ``threads`` threads (default: one per CPU
-    core), in C without the GIL, before the arrays are made.
+    core), in C without the GIL, before the arrays are made.  For a URL every
+    stored byte is fetched once, by concurrent ranged requests, while the
+    tensors already fetched are checked and decoded.
     """
-    with Checkpoint(path, verify=verify) as ckpt:
+    with Checkpoint(path, verify=verify, storage_options=storage_options) as ckpt:
+        ckpt._prefetch()
         return ckpt._load_all(threads)
 
 
-def list_variables(path) -> list:
+def list_variables(path, *, storage_options=None) -> list:
     """``[(name, shape), ...]`` sorted by name, as ``tf.train.list_variables``."""
-    with Checkpoint(path) as ckpt, gc_paused():
+    with Checkpoint(path, storage_options=storage_options) as ckpt, gc_paused():
         return ckpt._shapes()
 
 
-def load_variable(path, name: str, verify: bool = True) -> np.ndarray:
+def load_variable(path, name: str, verify: bool = True, *, storage_options=None) -> np.ndarray:
     """Read one tensor, as ``tf.train.load_variable``."""
-    with Checkpoint(path, verify=verify) as ckpt:
+    with Checkpoint(path, verify=verify, storage_options=storage_options) as ckpt:
         return ckpt.read(name)

@@ -84,12 +84,18 @@ class V1Checkpoint(Checkpoint):
 
     _views = False  # values are decoded, never views: no C fast paths
 
-    def __init__(self, path, *, verify: bool = True):
-        self.prefix = resolve_prefix(path)
-        files = v1_files(self.prefix)
+    def __init__(self, path, *, verify: bool = True, storage_options=None):
+        # storage_options only matter for URLs, which open as RemoteV1Checkpoint.
+        prefix = resolve_prefix(path)
+        files = v1_files(prefix)
         if not files:
-            raise CheckpointNotFoundError(f"no V1 checkpoint at {self.prefix!r}",
-                                          path=self.prefix)
+            raise CheckpointNotFoundError(f"no V1 checkpoint at {prefix!r}", path=prefix)
+        self._setup(prefix, files, (_read_file(p) for p in files), verify)
+
+    def _setup(self, prefix: str, files: list, contents, verify: bool) -> None:
+        """Parse the V1 files ``files`` (names for messages) whose bytes ``contents``
+        yields in order; a remote checkpoint passes the bytes it fetched."""
+        self.prefix = prefix
         self.files = files
         self.num_shards = len(files)
         self.index_path = files[0]
@@ -102,8 +108,8 @@ class V1Checkpoint(Checkpoint):
         self._verified = set()
         self._tables = []
         self._tensors: dict[str, _Tensor] = {}
-        for i, path in enumerate(files):
-            table = _index.IndexTable(_read_file(path), path)
+        for i, (path, raw) in enumerate(zip(files, contents)):
+            table = _index.IndexTable(raw, path)
             versions, tensors = _v1.parse_meta(table.header_value, path)
             _check_versions(path, versions)
             self._tables.append(table)

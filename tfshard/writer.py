@@ -22,6 +22,7 @@ from .errors import InvalidTensorError, WriteFailedError, WriterClosedError
 from .paths import checkpoint_layout, data_filename, index_filename, shard_count_now
 from .reader import Checkpoint
 from .slices import bounds, bounds_spec, find_overlap, parse_spec, spec
+from .storage import is_url as _is_url
 
 __all__ = ["CheckpointWriter", "save", "DEFAULT_ALIGNMENT"]
 
@@ -122,6 +123,11 @@ class CheckpointWriter:
     fsync : bool
         Flush data and index to stable storage before each rename, so the
         checkpoint survives a power loss once :meth:`commit` returns.
+    storage_options : dict, optional
+        For a URL prefix (``s3://bucket/run/ckpt-5``): options for fsspec's
+        filesystem.  A URL prefix is written to a local staging folder and
+        uploaded at commit, data objects first and the index last
+        (:class:`tfshard.writer_remote.RemoteCheckpointWriter`).
 
     Notes
     -----
@@ -130,8 +136,19 @@ class CheckpointWriter:
     :class:`~tfshard.InvalidTensorError` before any of its bytes are written.
     """
 
+    def __new__(cls, prefix=None, *args, **kwargs):
+        # A URL prefix writes through a local staging folder, then uploads
+        # (tfshard.writer_remote).
+        if cls is CheckpointWriter and prefix is not None and _is_url(prefix):
+            from .writer_remote import RemoteCheckpointWriter
+
+            return super().__new__(RemoteCheckpointWriter)
+        return super().__new__(cls)
+
     def __init__(self, prefix, *, num_shards: int = 1, max_shard_size: int | None = None,
-                 alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False):
+                 alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False,
+                 storage_options=None):
+        # storage_options only matter for URLs (RemoteCheckpointWriter).
         prefix = os.fspath(prefix)
         if not isinstance(prefix, str) or not prefix or prefix.endswith(os.sep):
             raise InvalidTensorError(f"a checkpoint prefix must be a non-empty path that does "
@@ -666,7 +683,8 @@ def auto_shards(tensors) -> int:
 
 
 def save(prefix, tensors, *, num_shards: int | None = None, max_shard_size: int | None = None,
-         alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False) -> str:
+         alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False,
+         storage_options=None) -> str:
     """Write ``tensors`` as a checkpoint at ``prefix``, atomically.
 
     Parameters
@@ -680,8 +698,8 @@ def save(prefix, tensors, *, num_shards: int | None = None, max_shard_size: int 
         written in parallel, for a model of 64 MiB or more (tensors of 64 KiB
         on average) on a machine with two or more cores, else one.  Pass
         ``num_shards=1, alignment=1`` for TensorFlow's own layout, byte for byte.
-    max_shard_size, alignment, fsync
-        As for :class:`CheckpointWriter`.
+    max_shard_size, alignment, fsync, storage_options
+        As for :class:`CheckpointWriter` (a URL prefix is uploaded).
 
     Returns
     -------
@@ -696,7 +714,8 @@ def save(prefix, tensors, *, num_shards: int | None = None, max_shard_size: int 
     if num_shards is None:
         num_shards = 1 if max_shard_size is not None else auto_shards(tensors)
     with CheckpointWriter(prefix, num_shards=num_shards, max_shard_size=max_shard_size,
-                          alignment=alignment, fsync=fsync) as w:
+                          alignment=alignment, fsync=fsync,
+                          storage_options=storage_options) as w:
         w.add_all(tensors)
     return w.prefix
 

@@ -19,6 +19,8 @@ import sys
 import tfshard
 
 from . import average, convert, diff, extract, graph, ls, merge, rename, reshard, show, strip, verify
+from tfshard.storage import default_options, parse_option
+
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FORMATS, parse_size
 
 __all__ = ["main", "parse_size", "FORMATS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
@@ -40,7 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in dict.fromkeys(sub.choices.values()):
+        command_parser.add_argument(
+            "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+            type=_storage_option,
+            help="for paths that are URLs (s3://, gs://, https://...): an option for "
+                 "fsspec's filesystem, e.g. anon=true or "
+                 "client_kwargs.endpoint_url=http://127.0.0.1:9000 (dotted keys nest; "
+                 "values are JSON where they parse); repeatable")
     return p
+
+
+def _storage_option(text: str):
+    if "=" not in text or not text.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid storage option {text!r}: expected KEY=VALUE, e.g. anon=true")
+    return text
 
 
 # The library's messages name its keyword arguments; here they are options.
@@ -85,8 +102,12 @@ def main(argv=None) -> int:
     # Commands build large listings of small objects; the cyclic GC only costs time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    options: dict | None = None
+    for text in getattr(args, "storage_option", None) or ():
+        options = parse_option(text, options if options is not None else {})
     try:
-        return args.func(args)
+        with default_options(options):
+            return args.func(args)
     except KeyboardInterrupt:
         # Outputs are written under temporary names that the interrupted command removed
         # on its way out: nothing partial is left to mention.

@@ -57,6 +57,14 @@ from ._numpy import _NpySink, _NpySource, _NpzSink, _NpzSource
 from ._safetensors import CHECKSUM_KEY, _SafetensorsSink, _SafetensorsSource
 from ._tf import _TFSink, _TFSource
 from ._torch import _TorchSink, _TorchSource
+from ..storage import is_url
+
+
+def fmt_of_url(url: str) -> str:
+    """The format of a model at a URL, from its name (see :mod:`tfshard.formats._remote`)."""
+    from . import _remote
+
+    return _remote.detect_format(url)
 
 __all__ = ["FORMATS", "detect_format", "Source", "Sink", "open_source", "create_sink",
            "TensorListing", "list_tensors", "unsupported", "CHECKSUM_KEY"]
@@ -66,7 +74,8 @@ _is_plain_filename = _base._is_plain_filename
 _npy_filenames = _numpy._npy_filenames
 
 
-def open_source(path, fmt: str | None = None, *, verify: bool = True) -> Source:
+def open_source(path, fmt: str | None = None, *, verify: bool = True,
+                storage_options=None) -> Source:
     """Open a model for reading, tensor by tensor.
 
     Parameters
@@ -79,6 +88,10 @@ def open_source(path, fmt: str | None = None, *, verify: bool = True) -> Source:
         Check checksums when tensors are read: a TF checkpoint's CRC-32C of each
         tensor, and those tfshard records in a safetensors file's metadata
         (:data:`CHECKSUM_KEY`).  Other formats have none.
+    storage_options : dict, optional
+        For a URL (``s3://...``, ``https://...``): options for fsspec's filesystem.
+        A TF checkpoint at a URL is read by ranged requests; other formats are
+        downloaded whole into a temporary folder, removed when the source closes.
 
     Returns
     -------
@@ -99,6 +112,15 @@ def open_source(path, fmt: str | None = None, *, verify: bool = True) -> Source:
         their recorded checksum.
     """
     path = _fspath(path)
+    if is_url(path):
+        from . import _remote
+
+        fmt = _remote.detect_format(path) if fmt is None else _check_format(fmt)
+        if fmt == "tf":
+            return _TFSource(path, verify=bool(verify), storage_options=storage_options)
+        return _remote.open_source(path, fmt, lambda local: open_source(local, fmt,
+                                                                         verify=verify),
+                                   storage_options)
     fmt = detect_format(path) if fmt is None else _check_format(fmt)
     with read_errors(path, f"the {fmt} model"):
         if fmt in ("tf", "safetensors"):
@@ -132,7 +154,7 @@ class TensorListing(NamedTuple):
     object_graph: bytes | None = None
 
 
-def list_tensors(path, *, object_graph: bool = False) -> TensorListing:
+def list_tensors(path, *, object_graph: bool = False, storage_options=None) -> TensorListing:
     """List the tensors of any model tfshard reads, without reading their data.
 
     Parameters
@@ -152,17 +174,20 @@ def list_tensors(path, *, object_graph: bool = False) -> TensorListing:
     from ..reader import Checkpoint, TensorInfo
 
     path = _fspath(path)
-    try:
-        ckpt = Checkpoint(path)
-    except CheckpointNotFoundError:
-        if not os.path.exists(path):
-            raise
-        ckpt = None  # something that exists but is no TF checkpoint: another format
+    if is_url(path) and fmt_of_url(path) != "tf":
+        ckpt = None
+    else:
+        try:
+            ckpt = Checkpoint(path, storage_options=storage_options)
+        except CheckpointNotFoundError:
+            if is_url(path) or not os.path.exists(path):
+                raise
+            ckpt = None  # something that exists but is no TF checkpoint: another format
     if ckpt is not None:
         with ckpt:
             graph = serialized_graph(ckpt) if object_graph else None
             return TensorListing(ckpt.prefix, "tf", ckpt.num_shards, ckpt.infos(), graph)
-    with open_source(path) as source:
+    with open_source(path, storage_options=storage_options) as source:
         infos = [TensorInfo(name, *source.info(name), source.nbytes(name), None, None)
                  for name in source.names()]
         return TensorListing(source.path, source.format, None, infos)
@@ -173,7 +198,8 @@ _SOURCES = {"tf": _TFSource, "safetensors": _SafetensorsSource, "npz": _NpzSourc
 
 
 def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | None = None,
-                overwrite: bool = False, metadata: dict | None = None) -> Sink:
+                overwrite: bool = False, metadata: dict | None = None,
+                storage_options=None) -> Sink:
     """Start writing a model.
 
     Parameters
@@ -204,6 +230,11 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
         ``{"format": "pt"}``, which transformers expects of files meant for
         torch.  tfshard adds :data:`CHECKSUM_KEY` itself (a value given for it
         is replaced).  Other formats have no place for metadata and ignore it.
+    storage_options : dict, optional
+        For a URL output: options for fsspec's filesystem.  A TF checkpoint is
+        uploaded data objects first, index last; other formats are written to a
+        temporary folder and uploaded at commit (safetensors shards before their
+        index JSON).
 
     Returns
     -------
@@ -221,7 +252,19 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
         If the plan is malformed (duplicate or empty names, unknown dtypes).
     """
     path = _fspath(path)
-    fmt = detect_format(path, for_output=True) if fmt is None else _check_format(fmt)
+    if is_url(path):
+        fmt = fmt_of_url(path) if fmt is None else _check_format(fmt)
+        if fmt != "tf":
+            from . import _remote
+
+            return _remote.RemoteSink(
+                path, fmt, lambda local: create_sink(
+                    local, fmt, plan=plan, max_shard_size=max_shard_size, overwrite=True,
+                    metadata=metadata), storage_options, overwrite=bool(overwrite))
+        extra_tf = {"storage_options": storage_options}
+    else:
+        fmt = detect_format(path, for_output=True) if fmt is None else _check_format(fmt)
+        extra_tf = {}
     if max_shard_size is not None:
         if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) \
                 or max_shard_size < 1:
@@ -238,6 +281,8 @@ def create_sink(path, fmt: str | None = None, *, plan, max_shard_size: int | Non
             raise InvalidTensorError(f"safetensors metadata maps strings to strings, got "
                                      f"{metadata!r}", path=path)
         extra["metadata"] = metadata
+    if fmt == "tf":
+        extra.update(extra_tf)
     try:
         return _SINKS[fmt](path, checked, max_shard_size=max_shard_size,
                            overwrite=bool(overwrite), **extra)

@@ -9,6 +9,7 @@ import os
 
 from ..errors import InvalidTensorError
 from ..paths import data_filename, index_filename
+from ..storage import is_url
 from ._base import Sink, Source, _make_dirs
 
 
@@ -18,10 +19,10 @@ class _TFSource(Source):
 
     format = "tf"
 
-    def __init__(self, path, *, verify: bool = True):
+    def __init__(self, path, *, verify: bool = True, storage_options=None):
         from ..reader import Checkpoint
 
-        self._ckpt = Checkpoint(path, verify=verify)
+        self._ckpt = Checkpoint(path, verify=verify, storage_options=storage_options)
         super().__init__(self._ckpt.prefix)
         self._list = list(self._ckpt)
 
@@ -54,16 +55,20 @@ class _TFSink(Sink):
     format = "tf"
     _writer = None
 
-    def __init__(self, path, plan, *, max_shard_size, overwrite):
+    def __init__(self, path, plan, *, max_shard_size, overwrite, storage_options=None):
         from ..writer import CheckpointWriter
 
         super().__init__(path, plan, max_shard_size=max_shard_size, overwrite=overwrite)
         self.prefix = path[:-len(".index")] if path.endswith(".index") else path
-        if not overwrite and os.path.exists(index_filename(self.prefix)):
+        self._storage_options = storage_options
+        self._remote = is_url(self.prefix)  # uploaded by RemoteCheckpointWriter
+        if not overwrite and self._index_exists():
             raise self._exists_error(index_filename(self.prefix))
-        self._created_dirs = _make_dirs(os.path.dirname(self.prefix))
+        if not self._remote:
+            self._created_dirs = _make_dirs(os.path.dirname(self.prefix))
         try:
-            self._writer = CheckpointWriter(self.prefix, max_shard_size=max_shard_size)
+            self._writer = CheckpointWriter(self.prefix, max_shard_size=max_shard_size,
+                                            storage_options=storage_options)
         except BaseException:
             self.abort()
             raise
@@ -81,12 +86,20 @@ class _TFSink(Sink):
         from ..reader import Checkpoint
 
         index = index_filename(self.prefix)
-        if not self.overwrite and os.path.exists(index):
+        if not self.overwrite and self._index_exists():
             raise self._exists_error(index)
         self._writer.commit()
-        with Checkpoint(self.prefix) as ckpt:
+        with Checkpoint(self.prefix, storage_options=self._storage_options) as ckpt:
             n = ckpt.num_shards
         return [data_filename(self.prefix, i, n) for i in range(n)] + [index]
+
+    def _index_exists(self) -> bool:
+        if self._remote:
+            from ..storage import Location
+
+            return Location.parse(index_filename(self.prefix),
+                                  self._storage_options).exists(what="index file")
+        return os.path.exists(index_filename(self.prefix))
 
     def _abort(self):
         if self._writer is not None:
