@@ -365,6 +365,28 @@ def test_s3_write_read_roundtrip(s3):
     assert tfshard.list_variables(url, storage_options=s3.options)[0] == ("emb", [2000, 128])
 
 
+def test_s3_framework_drop_ins_take_storage_options(s3):
+    """tfshard.torch / tfshard.jax load_file and save_file, and safe_open, at s3:// URLs."""
+    torch = pytest.importorskip("torch")
+    tjax = pytest.importorskip("tfshard.jax")
+    import tfshard.torch as tt
+
+    opts = s3.options
+    weights = {"a": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+               "b": torch.ones(5, dtype=torch.bfloat16)}
+    url = "s3://bucket/fw/torch"
+    assert tt.save_file(weights, url, storage_options=opts) == url
+    back = tt.load_file(url, storage_options=opts)
+    assert set(back) == {"a", "b"} and back["b"].dtype == torch.bfloat16
+    assert torch.equal(back["a"], weights["a"]) and torch.equal(back["b"], weights["b"])
+    with tfshard.safe_open(url, "np", storage_options=opts) as f:
+        np.testing.assert_array_equal(f.get_slice("a")[1:3], np.arange(4, 12).reshape(2, 4))
+    assert tjax.save_file({"c": np.arange(3, dtype=np.int32)}, "s3://bucket/fw/jax", storage_options=opts)
+    assert tjax.load_file("s3://bucket/fw/jax", storage_options=opts)["c"].tolist() == [0, 1, 2]
+    with pytest.raises(tfshard.CheckpointNotFoundError):
+        tt.load_file("s3://bucket/fw/none", storage_options=opts)
+
+
 def test_s3_partitioned_and_v1(s3):
     fs = s3.filesystem()
     full = np.arange(60, dtype=np.int32).reshape(12, 5)

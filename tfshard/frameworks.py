@@ -78,11 +78,12 @@ class Framework:
         return {info.name: self.from_numpy(arr, dtypes.by_name(info.dtype), device)
                 for info, arr in host_arrays(ckpt, infos, verify=verify)}
 
-    def load_file(self, path, device, *, verify: bool, exclude, skip_unsupported: bool) -> dict:
+    def load_file(self, path, device, *, verify: bool, exclude, skip_unsupported: bool,
+                  storage_options=None) -> dict:
         """What every framework module's ``load_file`` does: the tensors :func:`select`
         picks, loaded onto ``device``."""
         dev = self.device(device)
-        with Checkpoint(path, verify=verify) as ckpt:
+        with Checkpoint(path, verify=verify, storage_options=storage_options) as ckpt:
             infos = select(ckpt, self, exclude=exclude, skip_unsupported=skip_unsupported)
             return self.load(ckpt, infos, dev, verify)
 
@@ -290,11 +291,12 @@ _Self = TypeVar("_Self", bound="SafeOpen")
 class SafeOpen:
     """A checkpoint opened like ``safetensors.safe_open``; see :func:`safe_open`."""
 
-    def __init__(self, path, framework: str = "np", device="cpu", *, verify: bool = True):
+    def __init__(self, path, framework: str = "np", device="cpu", *, verify: bool = True,
+                 storage_options=None):
         fw = get_framework(framework)
         self._device = fw.device(device)
         self._fw = fw
-        self._ckpt = Checkpoint(path, verify=verify)
+        self._ckpt = Checkpoint(path, verify=verify, storage_options=storage_options)
 
     def keys(self) -> list:
         """Every tensor's name, sorted as the checkpoint stores them."""
@@ -347,7 +349,8 @@ class SafeOpen:
         return f"<tfshard.safe_open {self._ckpt.prefix!r} framework={self._fw.name}>"
 
 
-def safe_open(path, framework: str = "np", device="cpu", *, verify: bool = True) -> SafeOpen:
+def safe_open(path, framework: str = "np", device="cpu", *, verify: bool = True,
+              storage_options=None) -> SafeOpen:
     """Open a TF checkpoint with ``safetensors.safe_open``'s interface.
 
     Parameters
@@ -364,6 +367,8 @@ def safe_open(path, framework: str = "np", device="cpu", *, verify: bool = True)
         TF ``"gpu:N"`` or a TF device string.
     verify : bool
         Check each whole tensor's CRC-32C when it is read.
+    storage_options : dict, optional
+        For a URL: options for its fsspec filesystem (see docs/remote.md).
 
     Returns
     -------
@@ -380,4 +385,4 @@ def safe_open(path, framework: str = "np", device="cpu", *, verify: bool = True)
     ImportError
         If the framework is not installed.
     """
-    return SafeOpen(path, framework, device, verify=verify)
+    return SafeOpen(path, framework, device, verify=verify, storage_options=storage_options)

@@ -118,7 +118,7 @@ def _load_to_accelerator(ckpt: Checkpoint, infos: list, device, verify: bool) ->
 
 
 def load_file(path, device=None, *, verify: bool = True, exclude=None,
-              skip_unsupported: bool = False) -> dict:
+              skip_unsupported: bool = False, storage_options=None) -> dict:
     """Load a TF checkpoint as ``{name: jax.Array}`` (``safetensors.flax.load_file``).
 
     Parameters
@@ -135,6 +135,8 @@ def load_file(path, device=None, *, verify: bool = True, exclude=None,
         Names to leave out, or a predicate ``name -> bool`` saying which.
     skip_unsupported : bool
         Leave out tensors JAX cannot hold instead of raising.
+    storage_options : dict, optional
+        For a URL: options for its fsspec filesystem (see docs/remote.md).
 
     Returns
     -------
@@ -153,7 +155,8 @@ def load_file(path, device=None, *, verify: bool = True, exclude=None,
         If stored bytes are damaged.
     """
     return FRAMEWORK.load_file(path, device, verify=verify, exclude=exclude,
-                               skip_unsupported=skip_unsupported)
+                               skip_unsupported=skip_unsupported,
+                               storage_options=storage_options)
 
 
 def _to_numpy(name, value):
@@ -171,7 +174,8 @@ def _to_numpy(name, value):
 
 
 def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | None = None,
-              alignment: int = writer.DEFAULT_ALIGNMENT, fsync: bool = False) -> str:
+              alignment: int = writer.DEFAULT_ALIGNMENT, fsync: bool = False,
+              storage_options=None) -> str:
     """Write ``{name: jax.Array}`` as a TF checkpoint (``safetensors.flax.save_file``).
 
     TensorFlow reads every value back bit for bit in the same dtype (bfloat16,
@@ -183,8 +187,8 @@ def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | Non
         Arrays (numpy arrays are taken too).  Names are the checkpoint keys.
     prefix : str or os.PathLike
         Checkpoint prefix, committed atomically.
-    num_shards, max_shard_size, alignment, fsync
-        As for :class:`tfshard.CheckpointWriter`.
+    num_shards, max_shard_size, alignment, fsync, storage_options
+        As for :class:`tfshard.CheckpointWriter` (a URL prefix is uploaded).
 
     Returns
     -------
@@ -198,7 +202,8 @@ def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | Non
         dtype TF has none for; nothing is written.
     """
     with writer.CheckpointWriter(prefix, num_shards=num_shards, max_shard_size=max_shard_size,
-                                 alignment=alignment, fsync=fsync) as w:
+                                 alignment=alignment, fsync=fsync,
+                                 storage_options=storage_options) as w:
         for name, value in tensors.items():
             w.add(name, _to_numpy(name, value))
     return w.prefix

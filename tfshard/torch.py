@@ -176,7 +176,7 @@ def _load_staged(ckpt: Checkpoint, infos: list, copier, verify: bool) -> dict:
 # ---- public API -----------------------------------------------------------------------
 
 def load_file(path, device="cpu", *, verify: bool = True, exclude=None,
-              skip_unsupported: bool = False) -> dict:
+              skip_unsupported: bool = False, storage_options=None) -> dict:
     """Load a TF checkpoint as ``{name: torch.Tensor}`` (``safetensors.torch.load_file``).
 
     Parameters
@@ -193,6 +193,8 @@ def load_file(path, device="cpu", *, verify: bool = True, exclude=None,
         Names to leave out, or a predicate ``name -> bool`` saying which.
     skip_unsupported : bool
         Leave out tensors torch cannot hold instead of raising.
+    storage_options : dict, optional
+        For a URL: options for its fsspec filesystem (see docs/remote.md).
 
     Returns
     -------
@@ -213,7 +215,8 @@ def load_file(path, device="cpu", *, verify: bool = True, exclude=None,
         If stored bytes are damaged.
     """
     return FRAMEWORK.load_file(path, device, verify=verify, exclude=exclude,
-                               skip_unsupported=skip_unsupported)
+                               skip_unsupported=skip_unsupported,
+                               storage_options=storage_options)
 
 
 def _to_numpy(name, t):
@@ -231,7 +234,8 @@ def _to_numpy(name, t):
 
 
 def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | None = None,
-              alignment: int = writer.DEFAULT_ALIGNMENT, fsync: bool = False) -> str:
+              alignment: int = writer.DEFAULT_ALIGNMENT, fsync: bool = False,
+              storage_options=None) -> str:
     """Write ``{name: torch.Tensor}`` as a TF checkpoint (``safetensors.torch.save_file``).
 
     TensorFlow reads every value back bit for bit, in the same dtype:
@@ -245,8 +249,8 @@ def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | Non
     prefix : str or os.PathLike
         Checkpoint prefix (``out/model.ckpt`` writes ``out/model.ckpt.index``
         and its data files), committed atomically.
-    num_shards, max_shard_size, alignment, fsync
-        As for :class:`tfshard.CheckpointWriter`.
+    num_shards, max_shard_size, alignment, fsync, storage_options
+        As for :class:`tfshard.CheckpointWriter` (a URL prefix is uploaded).
 
     Returns
     -------
@@ -262,7 +266,7 @@ def save_file(tensors, prefix, *, num_shards: int = 1, max_shard_size: int | Non
     """
     items = list(tensors.items())
     options = dict(num_shards=num_shards, max_shard_size=max_shard_size, alignment=alignment,
-                   fsync=fsync)
+                   fsync=fsync, storage_options=storage_options)
     if all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for _, t in items):
         # Views of the tensors' memory: the writer copies nothing more.
         return writer.save(prefix, {name: _to_numpy(name, t) for name, t in items}, **options)
