@@ -119,26 +119,39 @@ class CheckpointManager:
                  num_shards: int = 1, max_shard_size: int | None = None,
                  alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False,
                  delete_outside_directory: bool = False):
-        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-            raise InvalidTensorError(f"max_to_keep must be a positive integer or None, got "
-                                     f"{max_to_keep!r}")
-        if not checkpoint_name or os.sep in checkpoint_name:
-            raise InvalidTensorError(f"checkpoint_name must be a plain file name, got "
-                                     f"{checkpoint_name!r}")
-        self.directory = os.fspath(directory)
-        self.max_to_keep = max_to_keep
-        self.checkpoint_name = checkpoint_name
-        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
-        self._writer_options = dict(num_shards=num_shards, max_shard_size=max_shard_size,
-                                    alignment=alignment, fsync=fsync)
-        self._fsync = fsync
-        self._delete_outside = bool(delete_outside_directory)
+        self._configure(os.fspath(directory), max_to_keep, checkpoint_name,
+                        keep_checkpoint_every_n_hours, delete_outside_directory,
+                        dict(num_shards=num_shards, max_shard_size=max_shard_size,
+                             alignment=alignment, fsync=fsync), os.sep)
         os.makedirs(self.directory, exist_ok=True)
         self._recover(time.time())
 
+    def _configure(self, directory: str, max_to_keep, checkpoint_name: str,
+                   keep_checkpoint_every_n_hours, delete_outside_directory, writer_options: dict,
+                   separator: str) -> None:
+        """Check and keep the settings (the remote manager's too; ``separator`` is what a
+        plain file name may not contain there)."""
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise InvalidTensorError(f"max_to_keep must be a positive integer or None, got "
+                                     f"{max_to_keep!r}")
+        if not checkpoint_name or separator in checkpoint_name:
+            raise InvalidTensorError(f"checkpoint_name must be a plain file name, got "
+                                     f"{checkpoint_name!r}")
+        self.directory = directory
+        self.max_to_keep = max_to_keep
+        self.checkpoint_name = checkpoint_name
+        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self._writer_options = writer_options
+        self._fsync = writer_options["fsync"]
+        self._delete_outside = bool(delete_outside_directory)
+
+    def _read_state(self):
+        """The directory's state file, or None."""
+        return read_state(self.directory)
+
     def _recover(self, now: float):
         """Pick up the checkpoints an earlier run recorded in the state file."""
-        st = read_state(self.directory)
+        st = self._read_state()
         # Prefix -> save time, oldest first: the checkpoints that may be deleted.
         self._kept: dict[str, float] = {}
         if st is None:

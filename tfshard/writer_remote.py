@@ -181,44 +181,18 @@ class RemoteCheckpointManager(CheckpointManager):
                  num_shards: int = 1, max_shard_size: int | None = None,
                  alignment: int = DEFAULT_ALIGNMENT, fsync: bool = False,
                  delete_outside_directory: bool = False):
-        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-            raise InvalidTensorError(f"max_to_keep must be a positive integer or None, got "
-                                     f"{max_to_keep!r}")
-        if not checkpoint_name or "/" in checkpoint_name:
-            raise InvalidTensorError(f"checkpoint_name must be a plain file name, got "
-                                     f"{checkpoint_name!r}")
         self._location = storage.Location.parse(directory, storage_options)
         self._storage_options = storage_options
-        self.directory = self._location.url
-        self.max_to_keep = max_to_keep
-        self.checkpoint_name = checkpoint_name
-        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
-        self._writer_options = dict(num_shards=num_shards, max_shard_size=max_shard_size,
-                                    alignment=alignment, fsync=fsync)
-        self._fsync = fsync
-        self._delete_outside = bool(delete_outside_directory)
+        self._configure(self._location.url, max_to_keep, checkpoint_name,
+                        keep_checkpoint_every_n_hours, delete_outside_directory,
+                        dict(num_shards=num_shards, max_shard_size=max_shard_size,
+                             alignment=alignment, fsync=fsync), "/")
         self._recover(time.time())
 
     def _read_state(self):
         from .reader_remote import _read_state
 
         return _read_state(self._location)
-
-    def _recover(self, now: float):
-        st = self._read_state()
-        self._kept = {}
-        if st is None:
-            self._latest = None
-            self._last_preserved = now - 1.0
-            return
-        self._latest = st.model_checkpoint_path
-        self._last_preserved = min(st.last_preserved_timestamp or 0.0, now)
-        times = st.all_model_checkpoint_timestamps or \
-            [self._last_preserved] * len(st.all_model_checkpoint_paths)
-        for prefix, stamp in zip(st.all_model_checkpoint_paths, times):
-            stamp = min(stamp, now)
-            if stamp > self._last_preserved:
-                self._kept[prefix] = stamp
 
     def _next_number(self) -> int:
         pattern = re.compile(re.escape(self.checkpoint_name) + r"-(\d+)$")
