@@ -123,6 +123,18 @@ def _directory_format(directory: str) -> str | None:
     return None
 
 
+def format_by_name(path: str) -> str | None:
+    """The format a name's suffix says (safetensors, npz, torch), or None."""
+    low = path.lower()
+    if low.endswith(_ST_INDEX_SUFFIX) or low.endswith(_ST_SUFFIX):
+        return "safetensors"
+    if low.endswith(".npz"):
+        return "npz"
+    if low.endswith(_TORCH_SUFFIXES):
+        return "torch"
+    return None
+
+
 def detect_format(path, *, for_output: bool = False) -> str:
     """Tell a model's format from its path (and, for inputs, what is on disk).
 
@@ -154,13 +166,9 @@ def detect_format(path, *, for_output: bool = False) -> str:
         taken for a missing TF checkpoint; the message suggests near names).
     """
     path = _fspath(path)
-    low = path.lower()
-    if low.endswith(_ST_INDEX_SUFFIX) or low.endswith(_ST_SUFFIX):
-        return "safetensors"
-    if low.endswith(".npz"):
-        return "npz"
-    if low.endswith(_TORCH_SUFFIXES):
-        return "torch"
+    by_name = format_by_name(path)
+    if by_name is not None:
+        return by_name
     if os.path.isdir(path):
         found = _directory_format(path)
         if found == "tf" and for_output:
@@ -176,7 +184,7 @@ def detect_format(path, *, for_output: bool = False) -> str:
     hint = graph_file_hint(path) if not for_output and os.path.isfile(path) else None
     if hint is not None:
         raise UnsupportedError(hint, path=path)
-    if low.endswith(_FOREIGN_SUFFIXES):
+    if path.lower().endswith(_FOREIGN_SUFFIXES):
         raise UnsupportedError(f"{path}: unsupported model format; {_ACCEPTED}", path=path)
     if for_output:
         if _ends_with_separator(path):

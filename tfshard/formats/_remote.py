@@ -19,24 +19,13 @@ import tempfile
 
 from .. import storage
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError
-from ._base import Sink
-
-_ST_SUFFIX = ".safetensors"
-_ST_INDEX_SUFFIX = ".safetensors.index.json"
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+from ._base import _ST_INDEX_SUFFIX, Sink, format_by_name
 
 
 def detect_format(url: str) -> str:
     """A URL's format, from its name alone (object stores have no directories to look
     into): safetensors, npz, torch suffixes; anything else is a TF checkpoint."""
-    low = url.lower().rstrip("/")
-    if low.endswith(_ST_INDEX_SUFFIX) or low.endswith(_ST_SUFFIX):
-        return "safetensors"
-    if low.endswith(".npz"):
-        return "npz"
-    if low.endswith(_TORCH_SUFFIXES):
-        return "torch"
-    return "tf"
+    return format_by_name(url.rstrip("/")) or "tf"
 
 
 def open_source(url: str, fmt: str, open_local, storage_options=None):
