@@ -13,4 +13,5 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$PY" -m pytest -q -p no:cacheprovider tests/test_corruption.py tests/test_reader.py \
     tests/test_format.py tests/test_golden.py tests/test_paths.py tests/test_roundtrip_property.py \
     tests/test_encoding.py tests/test_writer.py tests/test_parts.py tests/test_fuzz.py tests/test_v1.py \
-    tests/test_objectgraph.py tests/test_graph.py tests/test_graph_corruption.py "$@"
+    tests/test_objectgraph.py tests/test_graph.py tests/test_graph_corruption.py tests/test_views.py \
+    tests/test_commit_protocol.py "$@"
