@@ -47,7 +47,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The protobuf field encoders of the tests' independent bundle writer.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import _common as C  # noqa: E402
+from bundle_builder import encode_shape, field, varint as _varint  # noqa: E402
 
 CASES = ("decode", "decode_tf_lookup", "memory", "op_counts", "node_lookup")
 TARGETS = {"decode": (">=", 3.0), "decode_tf_lookup": (">=", None), "memory": ("<=", 1.0),
@@ -63,26 +66,15 @@ def log(msg: str) -> None:
 
 # ---- the input ------------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _f(num: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+    return field(num, 2, payload)
 
 
 def _v(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
+    return field(num, 0, value)
 
 
-def _shape(dims) -> bytes:
-    return b"".join(_f(2, _v(1, d) if d else b"") for d in dims)
+_shape = encode_shape
 
 
 def _attr(key: str, value: bytes) -> bytes:
