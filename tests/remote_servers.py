@@ -234,6 +234,17 @@ class RangeServer:
         self._thread.join(10)
 
 
+def _stop_process(proc) -> None:
+    """End a server's child process: terminate, and kill it if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class MotoS3:
     """moto's S3 server in a child process on 127.0.0.1; ``options`` are s3fs's
     storage_options for it."""
@@ -275,13 +286,7 @@ class MotoS3:
         return s3fs.S3FileSystem(**self.options)
 
     def stop(self):
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        _stop_process(self._proc)
 
 
 class ServerProcess:
@@ -315,13 +320,7 @@ class ServerProcess:
         return self._get("reset")
 
     def stop(self):
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        _stop_process(self._proc)
 
 
 if __name__ == "__main__":  # python remote_servers.py ROOT [RATE]: serve ROOT until stopped
