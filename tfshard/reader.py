@@ -881,6 +881,11 @@ class Checkpoint(Mapping):
             opened, self._opened = getattr(self, "_opened", {}), {}
             if self._views:
                 self._views.close()  # drops its views of the maps, so they can close
+        self._release(shards, opened)
+
+    def _release(self, shards: dict, opened: dict) -> None:
+        """Close the shards and files :meth:`close` took from the checkpoint (a remote
+        checkpoint forgets the bytes it fetched instead)."""
         for shard in shards.values():
             close_map(shard.buffer)
             close_map(shard.private)

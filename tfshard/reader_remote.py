@@ -346,12 +346,7 @@ class RemoteCheckpoint(Checkpoint):
             self._shard(shard_id, whole=False).fetch_pieces(
                 storage.coalesce(spans, limit=storage.CHUNK))
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            shards, self._shards = self._shards, {}
+    def _release(self, shards: dict, opened: dict) -> None:
         for shard in shards.values():
             shard.close()
 
