@@ -312,9 +312,6 @@ class Location:
         return Location(f"{self.url.rstrip('/')}/{name}", self.fs,
                         f"{self.path.rstrip('/')}/{name}", self.storage_options)
 
-    def parent_url(self) -> str:
-        return self.url.rstrip("/").rsplit("/", 1)[0]
-
     @property
     def lists(self) -> bool:
         """Whether the filesystem can list a directory (HTTP servers cannot)."""
