@@ -542,3 +542,26 @@ def finish(benchmark: str, args, rows: Sequence[Row], env: Mapping[str, str], in
             "rows": [r.to_json() for r in rows],
         })
     return 1 if any(r.status in (ERROR, WRONG) for r in rows) else 0
+
+
+class ScratchWrites:
+    """What a write benchmark's ``Bench`` shares: checkpoints written under fresh names in
+    ``self.outdir`` (``self._serial`` counts them), and a clear between samples that
+    remakes ``self._existing`` (``(prefix, tensors)``, saved with ``self.tfs``) when set."""
+
+    def _path(self, stem: str) -> str:
+        """A name never used before in this run, so no writer ever replaces a file."""
+        return str(self.outdir / f"{stem}-{next(self._serial)}")
+
+    def _clear(self) -> None:
+        for entry in os.scandir(self.outdir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        if self._existing is not None:  # what the overwrite writer's next call replaces
+            self.tfs.save(*self._existing)
+        # Commit the creations and deletions now, rather than in whichever writer's sample
+        # the file system's periodic flush would land in.
+        if hasattr(os, "sync"):
+            os.sync()

@@ -223,7 +223,7 @@ print(json.dumps({"peak": hwm() - before, "before": before}))
 # cases
 
 
-class Bench:
+class Bench(C.ScratchWrites):
     def __init__(self, args, inputs, tfshard, tf, outdir: Path):
         self.args, self.inp, self.tfs, self.tf = args, inputs, tfshard, tf
         self.outdir = outdir
@@ -238,20 +238,6 @@ class Bench:
     def timings(self, fns, after=None):
         return C.bench_interleaved({k: f for k, f in fns.items() if f is not None},
                                    repeat=self.args.repeat, min_time=0.0, after_sample=after)
-
-    def _path(self, stem: str) -> str:
-        return str(self.outdir / f"{stem}-{next(self._serial)}")
-
-    def _clear(self) -> None:
-        for entry in os.scandir(self.outdir):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-        if self._existing is not None:
-            self.tfs.save(*self._existing)
-        if hasattr(os, "sync"):
-            os.sync()
 
     def _need_tfshard(self):
         if self.tfs is None:

@@ -137,7 +137,7 @@ def describe(inputs: dict) -> dict:
 # cases
 
 
-class Bench:
+class Bench(C.ScratchWrites):
     def __init__(self, args, inputs, tfshard, tf, outdir: Path):
         self.args, self.inp, self.tfs, self.tf = args, inputs, tfshard, tf
         self.sizes = describe(inputs)
@@ -146,23 +146,6 @@ class Bench:
         self._checked: dict = {}  # (input, num_shards) -> problem or None
         self._bert = None         # timings shared by the bert cases
         self._existing = None     # (prefix, tensors): a checkpoint remade after each clear
-
-    def _path(self, stem: str) -> str:
-        """A name never used before in this run, so no writer ever replaces a file."""
-        return str(self.outdir / f"{stem}-{next(self._serial)}")
-
-    def _clear(self) -> None:
-        for entry in os.scandir(self.outdir):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-        if self._existing is not None:  # what the overwrite writer's next call replaces
-            self.tfs.save(*self._existing)
-        # Commit the creations and deletions now, rather than in whichever writer's sample
-        # the file system's periodic flush would land in.
-        if hasattr(os, "sync"):
-            os.sync()
 
     def timings(self, fns):
         return C.bench_interleaved({k: f for k, f in fns.items() if f is not None},
